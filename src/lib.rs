@@ -1,0 +1,10 @@
+//! strata: build and mount composefs images.
+//!
+//! Data flows one way: oci → tree → repo/erofs → mount. This crate holds the
+//! stages above the EROFS format crate (`erofs`).
+
+pub mod dumpfile;
+pub mod fsverity;
+pub mod tree;
+
+pub use erofs;

@@ -1,0 +1,1 @@
+//! Building trees: from a directory on disk (and later from OCI layers).
