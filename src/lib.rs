@@ -3,8 +3,10 @@
 //! Data flows one way: oci → tree → repo/erofs → mount. This crate holds the
 //! stages above the EROFS format crate (`erofs`).
 
+pub mod cli;
 pub mod dumpfile;
 pub mod fsverity;
+pub mod repo;
 pub mod tree;
 
 pub use erofs;

@@ -1,3 +1,3 @@
-fn main() {
-    println!("strata");
+fn main() -> std::process::ExitCode {
+    strata::cli::main()
 }

@@ -1,1 +1,2 @@
 //! Building trees: from a directory on disk (and later from OCI layers).
+pub mod dir;

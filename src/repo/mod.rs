@@ -1,0 +1,3 @@
+//! The repository: object store (and, later, images, refs, gc, fsck).
+
+pub mod objects;
