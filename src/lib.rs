@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod dumpfile;
 pub mod fsverity;
+pub mod mount;
 pub mod repo;
 pub mod tree;
 

@@ -78,14 +78,19 @@ pub fn main() -> ExitCode {
         "composefs-info" => return finish("composefs-info", info::run(argv)),
         _ => {}
     }
-    let cli = Cli::parse_from(argv.iter().take(3).cloned().chain(std::iter::empty()));
-    let _ = cli; // only used to validate the subcommand name and for --help
-    let sub = argv[1].to_string_lossy().into_owned();
-    let mut rest: Vec<OsString> = vec![OsString::from(sub.clone())];
-    rest.extend(argv[2..].iter().cloned());
-    match sub.as_str() {
-        "mkcomposefs" => finish("strata mkcomposefs", mkcomposefs::run(rest)),
-        "composefs-info" => finish("strata composefs-info", info::run(rest)),
-        _ => unreachable!("clap accepted an unknown subcommand"),
+    let cli = Cli::parse_from(&argv);
+    match cli.command {
+        Command::Mkcomposefs { args } => finish(
+            "strata mkcomposefs",
+            mkcomposefs::run(with_name("mkcomposefs", args)),
+        ),
+        Command::ComposefsInfo { args } => finish(
+            "strata composefs-info",
+            info::run(with_name("composefs-info", args)),
+        ),
     }
+}
+
+fn with_name(name: &str, args: Vec<OsString>) -> Vec<OsString> {
+    std::iter::once(OsString::from(name)).chain(args).collect()
 }
