@@ -10,8 +10,8 @@ use clap::Parser;
 
 use crate::dumpfile;
 use crate::fsverity::{self, Algorithm};
-use crate::repo::objects::ObjectDir;
-use crate::tree::dir::{self, FileSink, PendingFile, ScanError, ScanOptions};
+use crate::repo::objects::{ObjectDir, ObjectSink};
+use crate::tree::dir::{self, ScanOptions};
 
 /// Create a composefs image from a directory or a composefs-dump(5) file.
 ///
@@ -141,25 +141,6 @@ fn read_dump(source: &Path) -> Result<erofs::Tree> {
     dumpfile::parse(&input, mode).with_context(|| name)
 }
 
-struct HashSink<'a> {
-    store: Option<&'a ObjectDir>,
-}
-
-impl FileSink for HashSink<'_> {
-    fn ingest(&self, f: &PendingFile) -> Result<Vec<u8>, ScanError> {
-        let file = fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
-        let digest = fsverity::digest_file(Algorithm::Sha256, &file)
-            .map_err(|e| ScanError::new(&f.path, "cannot read", e))?;
-        let bytes = digest.as_bytes().to_vec();
-        if let Some(store) = self.store {
-            store
-                .add_file(&file, &bytes)
-                .map_err(|e| ScanError::new(&f.path, "cannot store object", io::Error::other(e.to_string())))?;
-        }
-        Ok(bytes)
-    }
-}
-
 fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
     let opts = ScanOptions {
         skip_xattrs: args.skip_xattrs,
@@ -172,13 +153,12 @@ fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
         Some(p) => Some(ObjectDir::open(p, Algorithm::Sha256)?),
         None => None,
     };
-    let tree = dir::resolve(
-        scan,
-        &HashSink {
-            store: store.as_ref(),
-        },
-        threads,
-    )?;
+    let sink = ObjectSink {
+        alg: Algorithm::Sha256,
+        store: store.as_ref(),
+        progress: None,
+    };
+    let tree = dir::resolve(scan, &sink, threads)?;
     if let Some(store) = &store {
         // Objects are durable before the image that references them exists.
         store.sync()?;

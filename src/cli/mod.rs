@@ -3,6 +3,7 @@
 
 pub mod info;
 pub mod mkcomposefs;
+pub mod repo;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -16,14 +17,75 @@ use clap::{Parser, Subcommand};
 /// contents of its files live in an object directory, each file named by its
 /// fs-verity digest, so identical files are stored (and cached) once.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, propagate_version = true)]
+#[command(
+    name = "strata",
+    version,
+    after_help = "Examples:\n  strata create-image ./rootfs myroot     # image + objects in the repository\n  \
+                  strata images\n  strata dump myroot | less\n  strata rm myroot && strata gc\n  \
+                  strata mkcomposefs --digest-store=objs ./rootfs root.cfs   # composefs C compatible"
+)]
 struct Cli {
+    /// Repository directory [default: $STRATA_REPO, /var/lib/strata as root, else ~/.local/share/strata]
+    #[arg(long, global = true, value_name = "DIR")]
+    repo: Option<std::path::PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print only results and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say more about what is done.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a repository (done automatically on first use with the defaults).
+    Init {
+        /// fs-verity hash for object names.
+        #[arg(long, default_value = "sha256", value_parser = ["sha256", "sha512"])]
+        hash: String,
+        /// Fail unless the filesystem supports fs-verity (then every object is verity-protected).
+        #[arg(long)]
+        require_verity: bool,
+    },
+    /// Turn a directory tree into an image in the repository; prints the image id.
+    CreateImage {
+        /// Directory to import.
+        dir: std::path::PathBuf,
+        /// Name to tag the image with (a GC root).
+        name: Option<String>,
+        /// Threads for hashing and copying [default: number of CPUs].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+    },
+    /// List named images: name, image id, image size, objects and their size.
+    Images,
+    /// Print an image (by name or id) in composefs-dump(5) format.
+    Dump {
+        /// Image name or id.
+        name: String,
+    },
+    /// Remove image names; `gc` then frees what nothing else uses.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Delete images and objects no name reaches.
+    Gc {
+        /// Only report what would be freed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Verify every object's digest, every image's objects and every ref.
+    Fsck {
+        /// Remove corrupt objects and list the images left incomplete.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Build an image like composefs C's mkcomposefs (same flags, same bytes).
     #[command(disable_help_flag = true)]
     Mkcomposefs {
@@ -79,16 +141,33 @@ pub fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse_from(&argv);
-    match cli.command {
-        Command::Mkcomposefs { args } => finish(
-            "strata mkcomposefs",
-            mkcomposefs::run(with_name("mkcomposefs", args)),
-        ),
-        Command::ComposefsInfo { args } => finish(
-            "strata composefs-info",
-            info::run(with_name("composefs-info", args)),
-        ),
-    }
+    let g = repo::Global {
+        repo: cli.repo.clone().unwrap_or_else(crate::repo::default_path),
+        json: cli.json,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    let r = match &cli.command {
+        Command::Init { hash, require_verity } => repo::init(&g, hash, *require_verity),
+        Command::CreateImage { dir, name, threads } => {
+            repo::create_image(&g, dir, name.as_deref(), threads.map(|t| t as usize))
+        }
+        Command::Images => repo::images(&g),
+        Command::Dump { name } => repo::dump(&g, name),
+        Command::Rm { names } => repo::rm(&g, names),
+        Command::Gc { dry_run } => repo::gc(&g, *dry_run),
+        Command::Fsck { repair } => repo::fsck(&g, *repair),
+        Command::Mkcomposefs { args } => {
+            return finish("strata mkcomposefs", mkcomposefs::run(with_name("mkcomposefs", args.clone())))
+        }
+        Command::ComposefsInfo { args } => {
+            return finish(
+                "strata composefs-info",
+                info::run(with_name("composefs-info", args.clone())),
+            )
+        }
+    };
+    finish("strata", r)
 }
 
 fn with_name(name: &str, args: Vec<OsString>) -> Vec<OsString> {

@@ -1,3 +1,453 @@
-//! The repository: object store (and, later, images, refs, gc, fsck).
+//! The repository: a content-addressed object store plus images and refs.
+//!
+//! ```text
+//! REPO/meta.json                 format version, hash algorithm, verity policy
+//! REPO/objects/XX/…              file objects and EROFS images, by fs-verity digest
+//! REPO/images/<image id>         symlink → ../objects/XX/… (images that may be mounted)
+//! REPO/refs/images/<name>        symlink → ../../images/<image id> (GC roots)
+//! REPO/tmp/                      staging; cleaned when the repository is opened alone
+//! REPO/lock                      flock: shared for readers and writers, exclusive for gc
+//! ```
+//!
+//! Every write is atomic (temporary file or symlink, then rename) and objects
+//! are flushed (one `syncfs`) before any ref that needs them is written, so a
+//! crash at any moment leaves a consistent repository.
 
+pub mod fsck;
+pub mod gc;
 pub mod objects;
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::fsverity::{self, Algorithm, Digest};
+use objects::{oe, ObjectDir, ObjectError, VerityPolicy};
+
+/// Current `meta.json` format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Repository errors: one clear cause each, naming the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("{}: not a strata repository (no meta.json); run `strata init` or pick another --repo", .0.display())]
+    NotARepo(PathBuf),
+    #[error("{}: unsupported repository format {found} (this strata reads format {FORMAT_VERSION})", path.display())]
+    Format { path: PathBuf, found: u32 },
+    #[error("{}: invalid meta.json: {why}", path.display())]
+    Meta { path: PathBuf, why: String },
+    #[error("{}: repository already exists", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: fs-verity is required but this filesystem does not support it ({why})", path.display())]
+    VerityRequired { path: PathBuf, why: String },
+    #[error("no image named {0:?} (see `strata images`)")]
+    NoSuchImage(String),
+    #[error("invalid image name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+pub(crate) fn ioe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> RepoError {
+    RepoError::Io {
+        path: path.into(),
+        what,
+        source: e.into(),
+    }
+}
+
+/// Contents of `meta.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub format: u32,
+    /// `sha256` or `sha512`.
+    pub algorithm: String,
+    /// True when every object is required to have fs-verity enabled.
+    pub verity_enforced: bool,
+}
+
+/// The default repository: `$STRATA_REPO`, else `/var/lib/strata` for root,
+/// else `$XDG_DATA_HOME/strata` (or `~/.local/share/strata`).
+pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRATA_REPO").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/strata");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(x).join("strata");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/strata")
+}
+
+/// Checks a user-chosen image name (it becomes a file name under refs/).
+pub fn check_name(name: &str) -> Result<(), RepoError> {
+    let bad = |why| {
+        Err(RepoError::BadName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 200 {
+        return bad("longer than 200 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("starts with '.'");
+    }
+    if name.contains('/') || name.contains('\0') {
+        return bad("contains '/' or NUL");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("contains control characters");
+    }
+    Ok(())
+}
+
+/// Lock modes on `REPO/lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An open repository, holding its lock for as long as it lives.
+#[derive(Debug)]
+pub struct Repository {
+    root: PathBuf,
+    meta: Meta,
+    alg: Algorithm,
+    objects: ObjectDir,
+    lock: fs::File,
+}
+
+/// Facts about an image in the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub name: Option<String>,
+    pub id: String,
+    /// Size of the EROFS image in bytes.
+    pub image_size: u64,
+    /// Distinct objects the image references, and their total size.
+    pub objects: u64,
+    pub data_size: u64,
+}
+
+impl Repository {
+    /// Creates a repository at `root`. fs-verity is probed on its filesystem:
+    /// where it is missing the repository is recorded as not verity-enforced
+    /// (and `require_verity` makes that an error).
+    pub fn init(root: &Path, alg: Algorithm, require_verity: bool) -> Result<(Repository, fsverity::Support), RepoError> {
+        if root.join("meta.json").exists() {
+            return Err(RepoError::Exists(root.to_path_buf()));
+        }
+        fs::create_dir_all(root.join("objects")).map_err(|e| ioe(root, "cannot create repository", e))?;
+        for d in ["images", "refs/images", "tmp"] {
+            fs::create_dir_all(root.join(d)).map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
+        }
+        let support = fsverity::probe(&root.join("objects"));
+        if require_verity && !support.is_supported() {
+            return Err(RepoError::VerityRequired {
+                path: root.to_path_buf(),
+                why: format!("{support}"),
+            });
+        }
+        let meta = Meta {
+            format: FORMAT_VERSION,
+            algorithm: alg.name().to_string(),
+            verity_enforced: support.is_supported(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        write_atomic(&root.join("meta.json"), &json, &root.join("tmp"))?;
+        sync_dir(root)?;
+        Ok((Self::open(root, LockMode::Shared)?, support))
+    }
+
+    /// Opens the repository at `root` with the given lock.
+    pub fn open(root: &Path, mode: LockMode) -> Result<Repository, RepoError> {
+        let meta_path = root.join("meta.json");
+        let bytes = match fs::read(&meta_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotARepo(root.into())),
+            Err(e) => return Err(ioe(&meta_path, "cannot read", e)),
+        };
+        let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| RepoError::Meta {
+            path: meta_path.clone(),
+            why: e.to_string(),
+        })?;
+        if meta.format != FORMAT_VERSION {
+            return Err(RepoError::Format {
+                path: root.into(),
+                found: meta.format,
+            });
+        }
+        let alg = Algorithm::from_name(&meta.algorithm).ok_or_else(|| RepoError::Meta {
+            path: meta_path.clone(),
+            why: format!("unknown algorithm {:?}", meta.algorithm),
+        })?;
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join("lock"))
+            .or_else(|_| fs::File::open(root.join("lock")))
+            .or_else(|_| fs::File::open(root))
+            .map_err(|e| ioe(root.join("lock"), "cannot open lock", e))?;
+        // Clean tmp/ when nobody else has the repository open.
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            clean_dir(&root.join("tmp"));
+            if mode == LockMode::Shared {
+                rustix::fs::flock(&lock, FlockOperation::LockShared).map_err(|e| ioe(root, "cannot lock", e))?;
+            }
+        } else {
+            let op = match mode {
+                LockMode::Shared => FlockOperation::LockShared,
+                LockMode::Exclusive => FlockOperation::LockExclusive,
+            };
+            rustix::fs::flock(&lock, op).map_err(|e| ioe(root, "cannot lock", e))?;
+        }
+        let policy = if meta.verity_enforced {
+            VerityPolicy::Require
+        } else {
+            VerityPolicy::Try
+        };
+        let objects = ObjectDir::open_with(&root.join("objects"), &root.join("tmp"), alg, policy)?;
+        Ok(Repository {
+            root: root.to_path_buf(),
+            meta,
+            alg,
+            objects,
+            lock,
+        })
+    }
+
+    /// Opens the repository, creating it first if `root` holds none
+    /// (first use needs no setup). Returns whether it was created, and the
+    /// fs-verity probe result when it was.
+    pub fn open_or_create(root: &Path, mode: LockMode) -> Result<(Repository, Option<fsverity::Support>), RepoError> {
+        match Self::open(root, mode) {
+            Err(RepoError::NotARepo(_)) => {
+                let (r, support) = match Self::init(root, Algorithm::Sha256, false) {
+                    Err(RepoError::Exists(_)) => return Ok((Self::open(root, mode)?, None)),
+                    other => other?,
+                };
+                drop(r);
+                Ok((Self::open(root, mode)?, Some(support)))
+            }
+            other => other.map(|r| (r, None)),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn objects(&self) -> &ObjectDir {
+        &self.objects
+    }
+
+    /// Converts the lock held (e.g. to exclusive for gc).
+    pub fn relock(&self, mode: LockMode) -> Result<(), RepoError> {
+        let op = match mode {
+            LockMode::Shared => FlockOperation::LockShared,
+            LockMode::Exclusive => FlockOperation::LockExclusive,
+        };
+        rustix::fs::flock(&self.lock, op).map_err(|e| ioe(&self.root, "cannot lock", e))
+    }
+
+    /// Stores an EROFS image as an object and, after flushing every object,
+    /// records it under `images/` and (if given) as `refs/images/NAME`.
+    pub fn commit_image(&self, image: &[u8], name: Option<&str>) -> Result<Digest, RepoError> {
+        if let Some(n) = name {
+            check_name(n)?;
+        }
+        let (id, _) = self.objects.add_bytes(image)?;
+        // Objects (file contents and the image) are durable before any link to them.
+        self.objects.sync()?;
+        let hex = id.to_hex();
+        let target = format!("../objects/{}", id.object_path());
+        symlink_atomic(&target, &self.root.join("images").join(&hex), &self.root.join("tmp"))?;
+        if let Some(n) = name {
+            symlink_atomic(
+                &format!("../../images/{hex}"),
+                &self.root.join("refs/images").join(n),
+                &self.root.join("tmp"),
+            )?;
+        }
+        sync_dir(&self.root.join("images"))?;
+        sync_dir(&self.root.join("refs/images"))?;
+        Ok(id)
+    }
+
+    /// Image names (refs) and the image id each points at.
+    pub fn image_refs(&self) -> Result<Vec<(String, Option<String>)>, RepoError> {
+        let dir = self.root.join("refs/images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| ioe(&dir, "cannot read", e))? {
+            let e = e.map_err(|e| ioe(&dir, "cannot read", e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = fs::read_link(e.path())
+                .ok()
+                .and_then(|t| t.file_name().map(|f| f.to_string_lossy().into_owned()));
+            out.push((name, id));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Resolves a name or an image id (full hex) to the image id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Digest, RepoError> {
+        if check_name(name_or_id).is_ok() {
+            let link = self.root.join("refs/images").join(name_or_id);
+            if let Ok(t) = fs::read_link(&link) {
+                if let Some(hex) = t.file_name().and_then(|f| f.to_str()) {
+                    if let Ok(d) = Digest::from_hex(self.alg, hex) {
+                        return Ok(d);
+                    }
+                }
+            }
+        }
+        if let Ok(d) = Digest::from_hex(self.alg, name_or_id) {
+            if self.root.join("images").join(d.to_hex()).exists() {
+                return Ok(d);
+            }
+        }
+        Err(RepoError::NoSuchImage(name_or_id.to_string()))
+    }
+
+    /// Path of an image's EROFS file.
+    pub fn image_path(&self, id: &Digest) -> PathBuf {
+        self.objects.object_path(id)
+    }
+
+    /// Reads and parses an image.
+    pub fn read_image(&self, id: &Digest) -> Result<erofs::ReadImage, RepoError> {
+        let p = self.image_path(id);
+        let bytes = fs::read(&p).map_err(|e| ioe(&p, "cannot read image", e))?;
+        erofs::read_image(&bytes).map_err(|e| ioe(&p, "corrupt image", io::Error::new(io::ErrorKind::InvalidData, e)))
+    }
+
+    /// Describes an image: sizes and the objects it references.
+    pub fn image_info(&self, name: Option<String>, id: &Digest) -> Result<ImageInfo, RepoError> {
+        let image = self.read_image(id)?;
+        let mut objs = std::collections::BTreeSet::new();
+        for r in image_redirects(&image.tree) {
+            objs.insert(r);
+        }
+        let mut data_size = 0;
+        for r in &objs {
+            if let Ok(st) = rustix::fs::statat(self.objects.dir_fd(), r.as_slice(), AtFlags::empty()) {
+                data_size += st.st_size as u64;
+            }
+        }
+        let image_size = fs::metadata(self.image_path(id)).map(|m| m.len()).unwrap_or(0);
+        Ok(ImageInfo {
+            name,
+            id: id.to_hex(),
+            image_size,
+            objects: objs.len() as u64,
+            data_size,
+        })
+    }
+
+    /// Removes the name `name` (the image stays until gc finds it unreferenced).
+    pub fn remove_ref(&self, name: &str) -> Result<(), RepoError> {
+        check_name(name)?;
+        let p = self.root.join("refs/images").join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => sync_dir(&self.root.join("refs/images")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RepoError::NoSuchImage(name.into())),
+            Err(e) => Err(ioe(p, "cannot remove", e)),
+        }
+    }
+}
+
+/// Object paths (`XX/YYYY…`, relative) that an image's files redirect to.
+pub fn image_redirects(tree: &erofs::Tree) -> impl Iterator<Item = Vec<u8>> + '_ {
+    tree.inodes.iter().filter_map(|i| match &i.content {
+        erofs::Content::Regular(erofs::File {
+            data: erofs::FileData::External {
+                redirect: Some(r), ..
+            },
+            ..
+        }) => Some(r.strip_prefix(b"/").unwrap_or(r).to_vec()),
+        _ => None,
+    })
+}
+
+fn clean_dir(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path()).or_else(|_| fs::remove_dir_all(e.path()));
+        }
+    }
+}
+
+fn tmp_name(tmp: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    tmp.join(format!(".{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Writes a small file atomically (temp file in `tmp`, fsync, rename).
+pub fn write_atomic(path: &Path, data: &[u8], tmp: &Path) -> Result<(), RepoError> {
+    use std::io::Write;
+    let t = tmp_name(tmp);
+    let res = (|| {
+        let mut f = fs::File::create(&t)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&t, path)
+    })();
+    res.map_err(|e| {
+        let _ = fs::remove_file(&t);
+        ioe(path, "cannot write", e)
+    })
+}
+
+/// Points `link` at `target` atomically (symlink in `tmp`, rename over).
+pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoError> {
+    let t = tmp_name(tmp);
+    std::os::unix::fs::symlink(target, &t).map_err(|e| ioe(&t, "cannot create symlink", e))?;
+    fs::rename(&t, link).map_err(|e| {
+        let _ = fs::remove_file(&t);
+        ioe(link, "cannot write ref", e)
+    })
+}
+
+/// fsyncs a directory (making renames in it durable).
+pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| ioe(dir, "cannot open", e))?;
+    rustix::fs::fsync(fd.as_fd()).map_err(|e| ioe(dir, "fsync", e))
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn s<T: Send + Sync>() {}
+    s::<Repository>();
+    let _ = oe;
+}

@@ -1,20 +1,27 @@
 //! A directory of objects named by fs-verity digest: `XX/YYYY…`.
 //!
 //! The layout is the one mkcomposefs `--digest-store` and `mount.composefs
-//! basedir=` use. Objects appear atomically: data goes to a temporary file in
-//! the object directory, is copied (reflinked where the filesystem can),
-//! made read-only for everyone, gets fs-verity where supported, and is then
-//! renamed into place. Adding an object that exists costs one `stat`.
+//! basedir=` use. Objects appear atomically: data goes to a temporary file
+//! (in the object directory itself, or in the repository's `tmp/`), is
+//! copied (reflinked where the filesystem can), made read-only for everyone,
+//! gets fs-verity where supported, and is then renamed into place. A reader
+//! never sees a partial object, and adding an object that exists costs one
+//! `stat`. Nothing is fsync'ed per object: callers flush once with
+//! [`ObjectDir::sync`] before writing anything that refers to the objects.
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::fsverity::{self, Algorithm};
+use crate::fsverity::{self, Algorithm, Digest, VerityError};
+use crate::tree::dir::{FileSink, PendingFile, ScanError};
+
+/// Files at least this large are hashed with several threads each.
+const PARALLEL_HASH_MIN: u64 = 32 << 20;
 
 /// What happened when adding an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +32,28 @@ pub enum Added {
     Written { verity: bool },
 }
 
+/// Whether objects must get fs-verity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerityPolicy {
+    /// Enable it where the filesystem supports it; carry on where not.
+    Try,
+    /// Every new object must get fs-verity; failing to enable it is an error.
+    Require,
+}
+
 /// An open object directory.
 #[derive(Debug)]
 pub struct ObjectDir {
     path: PathBuf,
     dir: fs::File,
+    tmp: Option<(PathBuf, fs::File)>,
     alg: Algorithm,
+    policy: VerityPolicy,
     counter: AtomicU64,
+    /// Set once enabling verity failed with "not supported" (skip further tries).
+    verity_unsupported: AtomicBool,
+    written: AtomicU64,
+    written_bytes: AtomicU64,
 }
 
 /// An object-store error, naming the object or file.
@@ -44,7 +66,7 @@ pub struct ObjectError {
     pub source: io::Error,
 }
 
-fn oe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> ObjectError {
+pub(crate) fn oe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> ObjectError {
     ObjectError {
         path: path.into(),
         what,
@@ -52,44 +74,135 @@ fn oe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> 
     }
 }
 
+fn open_dir(path: &Path) -> Result<fs::File, ObjectError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(fs::File::from)
+    .map_err(|e| oe(path, "cannot open directory", e))
+}
+
 impl ObjectDir {
-    /// Opens (creating if needed) an object directory.
+    /// Opens (creating if needed) an object directory; temporary files go
+    /// inside it (mkcomposefs `--digest-store`).
     pub fn open(path: &Path, alg: Algorithm) -> Result<Self, ObjectError> {
-        match fs::create_dir_all(path) {
-            Ok(()) => {}
-            Err(e) => return Err(oe(path, "cannot create object directory", e)),
-        }
-        let dir = rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| oe(path, "cannot open object directory", e))?;
+        fs::create_dir_all(path).map_err(|e| oe(path, "cannot create object directory", e))?;
         Ok(ObjectDir {
             path: path.to_path_buf(),
-            dir: fs::File::from(dir),
+            dir: open_dir(path)?,
+            tmp: None,
             alg,
+            policy: VerityPolicy::Try,
             counter: AtomicU64::new(0),
+            verity_unsupported: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Like [`ObjectDir::open`], with temporary files in `tmp` (same filesystem)
+    /// and the given verity policy.
+    pub fn open_with(path: &Path, tmp: &Path, alg: Algorithm, policy: VerityPolicy) -> Result<Self, ObjectError> {
+        let mut d = Self::open(path, alg)?;
+        fs::create_dir_all(tmp).map_err(|e| oe(tmp, "cannot create directory", e))?;
+        d.tmp = Some((tmp.to_path_buf(), open_dir(tmp)?));
+        d.policy = policy;
+        Ok(d)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Path of an object relative to the directory (`XX/YYYY…`).
-    pub fn relative_path(digest: &[u8]) -> String {
-        crate::tree::dir::object_path(digest)
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The directory fd (for `*at` calls).
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Number and total size of objects written by this handle.
+    pub fn written(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.written_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the object exists.
-    pub fn contains(&self, digest: &[u8]) -> bool {
-        rustix::fs::statat(&self.dir, Self::relative_path(digest).as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    pub fn contains(&self, digest: &Digest) -> bool {
+        rustix::fs::statat(&self.dir, digest.object_path().as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
-    /// Adds the contents of `src` (whose digest the caller computed) as an object.
-    pub fn add_file(&self, src: &fs::File, digest: &[u8]) -> Result<Added, ObjectError> {
-        let rel = Self::relative_path(digest);
+    /// Full path of an object.
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        self.path.join(digest.object_path())
+    }
+
+    fn tmp_file(&self) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
+        let (tmp_dir, tmp_path) = match &self.tmp {
+            Some((p, d)) => (d.as_fd(), p.as_path()),
+            None => (self.dir.as_fd(), self.path.as_path()),
+        };
+        let name = format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let full = tmp_path.join(&name);
+        let fd = rustix::fs::openat(
+            tmp_dir,
+            name.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| oe(&full, "cannot create temporary file", e))?;
+        Ok((tmp_dir, name, full, fd))
+    }
+
+    /// Adds the contents of `src`, whose digest the caller computed from it
+    /// while its metadata was `before` (size, mtime, ctime). If the file
+    /// changed since, the copy is refused rather than stored under a name
+    /// that does not match its bytes.
+    pub fn add_file(&self, src: &fs::File, digest: &Digest, before: &FileStamp) -> Result<Added, ObjectError> {
+        self.add_with(digest, |tmp| {
+            if rustix::fs::ioctl_ficlone(tmp, src).is_err() {
+                copy_all(src, tmp)?;
+            }
+            let copied = rustix::fs::fstat(tmp)?.st_size as u64;
+            if FileStamp::of(src)? != *before || copied != before.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "file changed while it was being stored",
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds `data` as an object and returns its digest.
+    pub fn add_bytes(&self, data: &[u8]) -> Result<(Digest, Added), ObjectError> {
+        let digest = fsverity::par_digest_bytes(self.alg, data);
+        let added = self.add_with(&digest, |tmp| {
+            let mut off = 0;
+            while off < data.len() {
+                off += rustix::io::pwrite(tmp, &data[off..], off as u64)?;
+            }
+            Ok(())
+        })?;
+        Ok((digest, added))
+    }
+
+    fn add_with(
+        &self,
+        digest: &Digest,
+        fill: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+    ) -> Result<Added, ObjectError> {
+        let rel = digest.object_path();
         if rustix::fs::statat(&self.dir, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Ok(Added::Present);
         }
@@ -98,38 +211,44 @@ impl ObjectDir {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(oe(self.path.join(sub), "cannot create directory", e)),
         }
-        let tmp_name = format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp_path = self.path.join(&tmp_name);
-        let tmp = rustix::fs::openat(
-            &self.dir,
-            tmp_name.as_str(),
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .map_err(|e| oe(&tmp_path, "cannot create temporary file", e))?;
+        let (tmp_dir, tmp_name, tmp_path, fd) = self.tmp_file()?;
         let cleanup = |e: ObjectError| {
-            let _ = rustix::fs::unlinkat(&self.dir, tmp_name.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(tmp_dir, tmp_name.as_str(), AtFlags::empty());
             e
         };
-        if rustix::fs::ioctl_ficlone(&tmp, src).is_err() {
-            copy_all(src, &tmp).map_err(|e| cleanup(oe(&tmp_path, "cannot copy object data", e)))?;
-        }
-        rustix::fs::fchmod(&tmp, Mode::from_raw_mode(0o644))
+        fill(fd.as_fd()).map_err(|e| cleanup(oe(&tmp_path, "cannot write object data", e)))?;
+        let size = rustix::fs::fstat(&fd).map(|s| s.st_size as u64).unwrap_or(0);
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
             .map_err(|e| cleanup(oe(&tmp_path, "cannot chmod object", e)))?;
-        drop(tmp);
-        // fs-verity needs a read-only fd with no writer open.
-        let verity = {
-            let ro = rustix::fs::openat(&self.dir, tmp_name.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| cleanup(oe(&tmp_path, "cannot reopen object", e)))?;
-            fsverity::enable_retrying(ro.as_fd(), self.alg).is_ok()
-        };
-        rustix::fs::renameat(&self.dir, tmp_name.as_str(), &self.dir, rel.as_str())
+        // fs-verity needs a read-only fd and no writer left open.
+        drop(fd);
+        let verity = self
+            .try_enable_verity(tmp_dir, &tmp_name, &tmp_path)
+            .map_err(&cleanup)?;
+        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str())
             .map_err(|e| cleanup(oe(self.path.join(&rel), "cannot rename object into place", e)))?;
+        self.written.fetch_add(1, Ordering::Relaxed);
+        self.written_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Added::Written { verity })
+    }
+
+    fn try_enable_verity(&self, dir: BorrowedFd<'_>, name: &str, path: &Path) -> Result<bool, ObjectError> {
+        if self.verity_unsupported.load(Ordering::Relaxed) && self.policy == VerityPolicy::Try {
+            return Ok(false);
+        }
+        let ro = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| oe(path, "cannot reopen object", e))?;
+        match enable_retrying(ro.as_fd(), self.alg) {
+            Ok(()) => Ok(true),
+            Err(VerityError::AlreadyEnabled) => Ok(true),
+            Err(e) if self.policy == VerityPolicy::Try => {
+                if e.is_not_supported() {
+                    self.verity_unsupported.store(true, Ordering::Relaxed);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(oe(path, "cannot enable fs-verity", e)),
+        }
     }
 
     /// Flushes everything written to the object directory's filesystem.
@@ -138,19 +257,36 @@ impl ObjectDir {
     }
 }
 
+/// Enables fs-verity, retrying while the kernel says a writer is still open
+/// (ETXTBSY: another thread may be between fork and exec holding our fd).
+pub fn enable_retrying(fd: BorrowedFd<'_>, alg: Algorithm) -> Result<(), VerityError> {
+    let mut delay = std::time::Duration::from_millis(1);
+    for _ in 0..10 {
+        match fsverity::enable(fd, alg) {
+            Err(VerityError::FileBusy) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            r => return r,
+        }
+    }
+    fsverity::enable(fd, alg)
+}
+
 /// Copies the whole of `src` into `dst` (both at offset 0), in-kernel where possible.
-fn copy_all(src: &fs::File, dst: impl AsFd) -> io::Result<()> {
+fn copy_all(src: &fs::File, dst: BorrowedFd<'_>) -> io::Result<()> {
     let mut off_in: u64 = 0;
     let mut off_out: u64 = 0;
     loop {
-        match rustix::fs::copy_file_range(src, Some(&mut off_in), &dst, Some(&mut off_out), 1 << 30) {
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30) {
             Ok(0) => return Ok(()),
             Ok(_) => continue,
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP)
-                if off_in == 0 =>
-            {
-                break;
-            }
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::OPNOTSUPP,
+            ) if off_in == 0 => break,
             Err(e) => return Err(e.into()),
         }
     }
@@ -164,8 +300,66 @@ fn copy_all(src: &fs::File, dst: impl AsFd) -> io::Result<()> {
         }
         let mut w = 0;
         while w < n {
-            w += rustix::io::pwrite(&dst, &buf[w..n], pos + w as u64)?;
+            w += rustix::io::pwrite(dst, &buf[w..n], pos + w as u64)?;
         }
         pos += n as u64;
+    }
+}
+
+/// What identifies a file's contents cheaply: if none of this changed, the
+/// bytes did not either (writes update mtime and ctime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime: (i64, u64),
+    pub ctime: (i64, u64),
+    pub ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(f: impl AsFd) -> io::Result<FileStamp> {
+        let st = rustix::fs::fstat(f)?;
+        Ok(FileStamp {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u64),
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// Hashes pending files (and stores them when given an object directory).
+pub struct ObjectSink<'a> {
+    pub alg: Algorithm,
+    pub store: Option<&'a ObjectDir>,
+    pub progress: Option<&'a indicatif::ProgressBar>,
+}
+
+impl FileSink for ObjectSink<'_> {
+    fn ingest(&self, f: &PendingFile) -> Result<Vec<u8>, ScanError> {
+        let file = fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
+        let stamp = FileStamp::of(&file).map_err(|e| ScanError::new(&f.path, "cannot stat", e))?;
+        if stamp.size != f.size {
+            return Err(ScanError::new(
+                &f.path,
+                "file changed while reading the tree",
+                io::Error::new(io::ErrorKind::InvalidData, format!("size was {}, now {}", f.size, stamp.size)),
+            ));
+        }
+        let digest = if f.size >= PARALLEL_HASH_MIN {
+            fsverity::par_digest_file(self.alg, &file)
+        } else {
+            fsverity::digest_file(self.alg, &file)
+        }
+        .map_err(|e| ScanError::new(&f.path, "cannot read", e))?;
+        if let Some(store) = self.store {
+            store
+                .add_file(&file, &digest, &stamp)
+                .map_err(|e| ScanError::new(&f.path, "cannot store object", io::Error::other(e)))?;
+        }
+        if let Some(p) = self.progress {
+            p.inc(f.size);
+        }
+        Ok(digest.as_bytes().to_vec())
     }
 }

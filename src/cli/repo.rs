@@ -1,0 +1,232 @@
+//! Repository commands: init, create-image, images, dump, rm, gc, fsck.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::dumpfile;
+use crate::fsverity::Algorithm;
+use crate::repo::objects::ObjectSink;
+use crate::repo::{LockMode, Repository};
+use crate::tree::dir::{self, ScanOptions};
+
+/// Options every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub repo: PathBuf,
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+impl Global {
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("strata: {msg}");
+        }
+    }
+
+    /// A byte-progress bar on a terminal, hidden otherwise.
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || !io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb = indicatif::ProgressBar::new(len);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        pb
+    }
+
+    /// Opens the repository, creating it on first use (and saying so).
+    pub fn open_repo(&self, mode: LockMode) -> Result<Repository> {
+        let (repo, created) = Repository::open_or_create(&self.repo, mode)?;
+        if let Some(support) = created {
+            self.note(&format!("created repository {}", self.repo.display()));
+            if !support.is_supported() {
+                self.note(&format!(
+                    "fs-verity is not available there ({support}); objects are not verity-protected"
+                ));
+            }
+        }
+        Ok(repo)
+    }
+
+    /// Opens an existing repository (commands that only read).
+    pub fn open_existing(&self, mode: LockMode) -> Result<Repository> {
+        Ok(Repository::open(&self.repo, mode)?)
+    }
+}
+
+pub fn init(g: &Global, hash: &str, require_verity: bool) -> Result<()> {
+    let alg = Algorithm::from_name(hash).with_context(|| format!("unknown hash {hash:?} (sha256 or sha512)"))?;
+    let (repo, support) = Repository::init(&g.repo, alg, require_verity)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(repo.meta())?);
+    } else if !g.quiet {
+        println!(
+            "initialized {} ({}, fs-verity {})",
+            g.repo.display(),
+            alg,
+            if repo.meta().verity_enforced {
+                "enforced".to_string()
+            } else {
+                format!("not enforced: {support}")
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Option<usize>) -> Result<()> {
+    if let Some(n) = name {
+        crate::repo::check_name(n)?;
+    }
+    let repo = g.open_repo(LockMode::Shared)?;
+    let scan = dir::scan(source, &ScanOptions::default())?;
+    let total: u64 = scan.pending.iter().map(|p| p.size).sum();
+    let pb = g.progress(total, "hashing");
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let sink = ObjectSink {
+        alg: repo.algorithm(),
+        store: Some(repo.objects()),
+        progress: Some(&pb),
+    };
+    let tree = dir::resolve(scan, &sink, threads)?;
+    pb.finish_and_clear();
+    let image = erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;
+    let id = repo.commit_image(&image, name)?;
+    let (n, bytes) = repo.objects().written();
+    if g.json {
+        let v = serde_json::json!({
+            "id": id.to_hex(), "name": name, "image_size": image.len(),
+            "objects_written": n, "bytes_written": bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", id.to_hex());
+        if g.verbose {
+            eprintln!("strata: {} new objects ({} bytes), image {} bytes", n, bytes, image.len());
+        }
+    }
+    Ok(())
+}
+
+pub fn images(g: &Global) -> Result<()> {
+    let repo = g.open_existing(LockMode::Shared)?;
+    let mut infos = Vec::new();
+    for (name, id) in repo.image_refs()? {
+        match id.and_then(|id| repo.resolve(&id).ok()) {
+            Some(d) => infos.push(repo.image_info(Some(name), &d)?),
+            None => g.note(&format!("ref {name} is dangling (run `strata fsck`)")),
+        }
+    }
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{:<24} {:<64} {:>10} {:>8} {:>12}", "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA")?;
+    for i in infos {
+        writeln!(
+            out,
+            "{:<24} {:<64} {:>10} {:>8} {:>12}",
+            i.name.unwrap_or_default(),
+            i.id,
+            human(i.image_size),
+            i.objects,
+            human(i.data_size)
+        )?;
+    }
+    Ok(())
+}
+
+pub fn dump(g: &Global, name: &str) -> Result<()> {
+    let repo = g.open_existing(LockMode::Shared)?;
+    let id = repo.resolve(name)?;
+    let image = repo.read_image(&id)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    dumpfile::print(&image.tree, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn rm(g: &Global, names: &[String]) -> Result<()> {
+    let repo = g.open_existing(LockMode::Shared)?;
+    for n in names {
+        repo.remove_ref(n)?;
+    }
+    if !g.quiet && !g.json {
+        eprintln!("strata: removed {} name(s); run `strata gc` to free space", names.len());
+    }
+    Ok(())
+}
+
+pub fn gc(g: &Global, dry_run: bool) -> Result<()> {
+    let repo = g.open_existing(LockMode::Exclusive)?;
+    let r = repo.gc(dry_run)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let verb = if dry_run { "would free" } else { "freed" };
+        println!(
+            "{verb} {} objects ({}), {} images; {} objects kept",
+            r.objects_removed,
+            human(r.bytes_freed),
+            r.images_removed.len(),
+            r.objects_kept
+        );
+    }
+    Ok(())
+}
+
+pub fn fsck(g: &Global, repair: bool) -> Result<()> {
+    let repo = g.open_existing(LockMode::Shared)?;
+    let pb = g.progress(0, "checking");
+    let r = repo.fsck(repair, Some(&pb))?;
+    pb.finish_and_clear();
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for p in &r.problems {
+            println!("{p}");
+        }
+        for p in &r.removed {
+            println!("removed {}", p.display());
+        }
+        for i in &r.incomplete_images {
+            println!("image {i} is now incomplete");
+        }
+        if !g.quiet {
+            eprintln!(
+                "strata: checked {} objects, {} images: {} problem(s)",
+                r.objects_checked,
+                r.images_checked,
+                r.problems.len()
+            );
+        }
+    }
+    if !r.problems.is_empty() {
+        bail!("{} problem(s) found", r.problems.len());
+    }
+    Ok(())
+}
+
+pub fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < U.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[u])
+    }
+}

@@ -1,0 +1,92 @@
+//! Garbage collection: removes what no ref reaches.
+//!
+//! Runs under the exclusive repository lock, so no writer is between writing
+//! objects and the ref that will reference them: every writer holds the
+//! shared lock from its first object to its last ref.
+
+use std::collections::HashSet;
+use std::fs;
+
+use serde::Serialize;
+
+use super::{image_redirects, ioe, LockMode, RepoError, Repository};
+use crate::fsverity::Digest;
+
+/// What gc removed (or would remove, with `dry_run`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub images_removed: Vec<String>,
+    pub objects_removed: u64,
+    pub bytes_freed: u64,
+    pub objects_kept: u64,
+}
+
+impl Repository {
+    /// Removes unreferenced images and objects.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, RepoError> {
+        self.relock(LockMode::Exclusive)?;
+        let mut report = GcReport {
+            dry_run,
+            ..Default::default()
+        };
+        // Roots: every image a ref names.
+        let mut live_images: HashSet<String> = HashSet::new();
+        for (_, id) in self.image_refs()? {
+            if let Some(id) = id {
+                live_images.insert(id);
+            }
+        }
+        let mut live: HashSet<Vec<u8>> = HashSet::new();
+        for hex in &live_images {
+            let Ok(id) = Digest::from_hex(self.alg, hex) else { continue };
+            if !self.objects.contains(&id) {
+                continue; // dangling ref: fsck reports it
+            }
+            live.insert(id.object_path().into_bytes());
+            let image = self.read_image(&id)?;
+            live.extend(image_redirects(&image.tree));
+        }
+        // Unreferenced entries in images/.
+        let images_dir = self.root.join("images");
+        for e in fs::read_dir(&images_dir).map_err(|e| ioe(&images_dir, "cannot read", e))? {
+            let e = e.map_err(|e| ioe(&images_dir, "cannot read", e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live_images.contains(&name) {
+                if !dry_run {
+                    fs::remove_file(e.path()).map_err(|err| ioe(e.path(), "cannot remove", err))?;
+                }
+                report.images_removed.push(name);
+            }
+        }
+        // Objects nothing reaches.
+        let objects = self.root.join("objects");
+        for sub in fs::read_dir(&objects).map_err(|e| ioe(&objects, "cannot read", e))? {
+            let sub = sub.map_err(|e| ioe(&objects, "cannot read", e))?;
+            let sname = sub.file_name().to_string_lossy().into_owned();
+            if !sub.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let rd = fs::read_dir(sub.path()).map_err(|e| ioe(sub.path(), "cannot read", e))?;
+            for e in rd {
+                let e = e.map_err(|e| ioe(sub.path(), "cannot read", e))?;
+                let rel = format!("{sname}/{}", e.file_name().to_string_lossy());
+                if live.contains(rel.as_bytes()) {
+                    report.objects_kept += 1;
+                    continue;
+                }
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                if !dry_run {
+                    fs::remove_file(e.path()).map_err(|err| ioe(e.path(), "cannot remove", err))?;
+                }
+                report.objects_removed += 1;
+                report.bytes_freed += size;
+            }
+        }
+        if !dry_run {
+            self.objects.sync()?;
+        }
+        report.images_removed.sort();
+        Ok(report)
+    }
+}
