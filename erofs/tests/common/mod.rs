@@ -286,7 +286,11 @@ pub fn random_tree(seed: u64) -> Tree {
     };
     let mut used: std::collections::HashSet<(u32, Vec<u8>)> = Default::default();
     for _ in 0..n {
-        let parent = *r.pick(&dirs);
+        let parent = if n > 1000 && r.chance(80) {
+            InodeId::ROOT
+        } else {
+            *r.pick(&dirs)
+        };
         let mut name = random_name(&mut r);
         if n > 1000 && r.chance(70) {
             name = format!("long-file-name-for-a-big-directory-{:08}", r.next() % 100_000_000).into_bytes();
@@ -309,4 +313,240 @@ pub fn random_tree(seed: u64) -> Tree {
         }
     }
     b.finish().expect("random tree is valid")
+}
+
+/// Named hand-built trees covering the writer's features, shared by the
+/// committed tests and the (uncommitted) C-oracle harness.
+pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
+    use erofs::WriteOptions;
+    let def = WriteOptions::default();
+    let mut v: Vec<(&'static str, Tree, WriteOptions)> = Vec::new();
+
+    v.push(("empty_root", root_builder().finish().unwrap(), def));
+
+    let mut b = root_builder();
+    let a = b.add(InodeId::ROOT, b"a".to_vec(), dir());
+    let ab = b.add(a, b"b".to_vec(), dir());
+    let abc = b.add(ab, b"c".to_vec(), dir());
+    b.add(abc, b"file".to_vec(), inline(b"hello\n"));
+    b.add(a, b"z".to_vec(), dir());
+    b.add(InodeId::ROOT, b"!early".to_vec(), dir());
+    v.push(("nested_dirs", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    let d = b.add(InodeId::ROOT, b"big".to_vec(), dir());
+    for i in 0..2000 {
+        let name = format!("{i:05}-a-rather-long-file-name-to-fill-directory-blocks-quickly-{i}");
+        b.add(d, name.into_bytes(), inline(b""));
+    }
+    v.push(("big_dir_2000", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    for size in [0usize, 1, 64, 2048, 2049, 4096, 5000] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        b.add(InodeId::ROOT, format!("inline-{size}").into_bytes(), inline(&data));
+    }
+    v.push(("inline_sizes", b.finish().unwrap(), def));
+
+    for size in [0usize, 1, 64, 2048, 2049, 4096, 5000] {
+        let mut b = root_builder();
+        let data: Vec<u8> = (0..size).map(|i| (i * 13) as u8).collect();
+        b.add(InodeId::ROOT, b"f".to_vec(), inline(&data));
+        let name: &'static str = Box::leak(format!("inline_{size}").into_boxed_str());
+        v.push((name, b.finish().unwrap(), def));
+    }
+
+    let mut b = root_builder();
+    let digest = [0x5au8; 32];
+    let sizes: [u64; 6] = [1, 4096, 4097, 1 << 30, (4 << 40) + 1, 1 << 53];
+    for (i, size) in sizes.iter().enumerate() {
+        b.add(
+            InodeId::ROOT,
+            format!("ext-{i}-full").into_bytes(),
+            external(*size, Some(b"ab/cdef0123"), Some(digest)),
+        );
+        b.add(
+            InodeId::ROOT,
+            format!("ext-{i}-nodigest").into_bytes(),
+            external(*size, Some(b"ab/cdef0123"), None),
+        );
+        b.add(
+            InodeId::ROOT,
+            format!("ext-{i}-noredirect").into_bytes(),
+            external(*size, None, Some(digest)),
+        );
+        b.add(
+            InodeId::ROOT,
+            format!("ext-{i}-bare").into_bytes(),
+            external(*size, None, None),
+        );
+    }
+    b.add(InodeId::ROOT, b"ext-empty".to_vec(), external(0, Some(b"x/y"), Some(digest)));
+    v.push(("external_files", b.finish().unwrap(), def));
+
+    // Chunk tables of 1024 entries at varying offsets: some must move out
+    // of the inode into a block of NULL_ADDRs.
+    let mut b = root_builder();
+    for i in 0..12u8 {
+        let xv = vec![b'x'; i as usize * 5];
+        let f = with_xattrs(external(1 << 53, None, None), &[(b"user.pad", &xv)]);
+        b.add(InodeId::ROOT, vec![b'c', b'a' + i], f);
+    }
+    v.push(("chunk_table_spill", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    b.add(InodeId::ROOT, b"short".to_vec(), symlink(b"target"));
+    b.add(InodeId::ROOT, b"long".to_vec(), symlink(&[b'l'; 4000]));
+    b.add(InodeId::ROOT, b"max".to_vec(), symlink(&[b'm'; 4095]));
+    b.add(InodeId::ROOT, b"mid".to_vec(), symlink(&[b'q'; 2500]));
+    let big_x = vec![b'v'; 3000];
+    b.add(
+        InodeId::ROOT,
+        b"xattr-heavy".to_vec(),
+        with_xattrs(symlink(&[b's'; 1500]), &[(b"user.big", &big_x)]),
+    );
+    v.push(("symlinks", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    b.add(InodeId::ROOT, b"blk".to_vec(), special(S_IFBLK | 0o600, (8 << 8) | 1));
+    b.add(InodeId::ROOT, b"chr".to_vec(), special(S_IFCHR | 0o666, (1 << 8) | 3));
+    b.add(InodeId::ROOT, b"fifo".to_vec(), special(S_IFIFO | 0o644, 0));
+    b.add(InodeId::ROOT, b"sock".to_vec(), special(S_IFSOCK | 0o755, 0));
+    b.add(InodeId::ROOT, b"bigdev".to_vec(), special(S_IFCHR | 0o600, 0xfff_ffff));
+    v.push(("devices", b.finish().unwrap(), def));
+
+    for (name, opts) in [
+        ("whiteouts_default", def),
+        (
+            "whiteouts_v0",
+            WriteOptions {
+                min_version: 0,
+                max_version: 0,
+            },
+        ),
+    ] {
+        let mut b = root_builder();
+        let d = b.add(InodeId::ROOT, b"d".to_vec(), dir());
+        b.add(d, b"gone".to_vec(), special(S_IFCHR | 0o000, 0));
+        b.add(d, b"kept".to_vec(), inline(b"k"));
+        b.add(InodeId::ROOT, b"00".to_vec(), inline(b"not a whiteout"));
+        b.add(InodeId::ROOT, b"ab".to_vec(), dir());
+        v.push((name, b.finish().unwrap(), opts));
+    }
+    let mut b = root_builder();
+    b.add(InodeId::ROOT, b"x".to_vec(), dir());
+    v.push((
+        "version_min1",
+        b.finish().unwrap(),
+        WriteOptions {
+            min_version: 1,
+            max_version: 0,
+        },
+    ));
+
+    // Hard links: the home entry is where the inode is placed; links can
+    // sit before it in BFS order.
+    let mut b = root_builder();
+    let sub = b.add(InodeId::ROOT, b"sub".to_vec(), dir());
+    let f = b.add_unlinked(inline(b"shared content"));
+    b.link(sub, b"home".to_vec(), f);
+    b.link(InodeId::ROOT, b"alink".to_vec(), f);
+    b.link(sub, b"zlink".to_vec(), f);
+    let s = b.add(InodeId::ROOT, b"sym".to_vec(), symlink(b"sub/home"));
+    b.link(sub, b"symlink-link".to_vec(), s);
+    b.tree_mut().inodes[f.index()].stat.nlink = 3;
+    v.push(("hardlinks", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    let common: &[(&[u8], &[u8])] = &[
+        (b"security.selinux", b"system_u:object_r:usr_t:s0\0"),
+        (b"user.shared", b"v"),
+    ];
+    for i in 0..5 {
+        let mut f = with_xattrs(inline(b"x"), common);
+        f.xattrs.push(erofs::Xattr {
+            name: format!("user.own{i}").into_bytes(),
+            value: vec![i as u8; i * 3],
+        });
+        b.add(InodeId::ROOT, format!("f{i}").into_bytes(), f);
+    }
+    b.add(
+        InodeId::ROOT,
+        b"overlay".to_vec(),
+        with_xattrs(
+            dir(),
+            &[
+                (b"trusted.overlay.opaque", b"y"),
+                (b"trusted.overlay.overlay.x", b"1"),
+                (b"trusted.other", b"t"),
+                (b"noprefix.name", b"n"),
+            ],
+        ),
+    );
+    b.add(
+        InodeId::ROOT,
+        b"acl".to_vec(),
+        with_xattrs(inline(b""), &[(b"system.posix_acl_access", b"\x02\0\0\0")]),
+    );
+    b.tree_mut().inodes[0]
+        .xattrs
+        .push(erofs::Xattr {
+            name: b"security.selinux".to_vec(),
+            value: b"system_u:object_r:root_t:s0\0".to_vec(),
+        });
+    v.push(("xattrs", b.finish().unwrap(), def));
+
+    // More than 0x80 shared xattrs on one inode.
+    let mut b = root_builder();
+    for f in 0..2 {
+        let mut x: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for i in 0..140 {
+            x.push((format!("user.k{i:03}").into_bytes(), b"same".to_vec()));
+        }
+        let refs: Vec<(&[u8], &[u8])> = x.iter().map(|(a, b)| (&a[..], &b[..])).collect();
+        b.add(InodeId::ROOT, format!("f{f}").into_bytes(), with_xattrs(inline(b""), &refs));
+    }
+    v.push(("shared_cap", b.finish().unwrap(), def));
+
+    let mut b = root_builder();
+    let mut big = dir();
+    big.stat.uid = 70_000;
+    big.stat.gid = 1 << 31;
+    b.add(InodeId::ROOT, b"uids".to_vec(), big);
+    let mut old = inline(b"old");
+    old.stat.mtime = Timespec {
+        sec: -86_400 * 365,
+        nsec: 123,
+    };
+    b.add(InodeId::ROOT, b"old".to_vec(), old);
+    let mut newer = inline(b"newer");
+    newer.stat.mtime.nsec = 1;
+    newer.stat.nlink = 100_000;
+    b.add(InodeId::ROOT, b"newer".to_vec(), newer);
+    v.push(("ids_and_times", b.finish().unwrap(), def));
+
+    v
+}
+
+/// Trees composefs C refuses to write (and so must we).
+pub fn error_fixtures() -> Vec<(&'static str, Tree)> {
+    let mut v = Vec::new();
+    let mut b = root_builder();
+    b.add(InodeId::ROOT, b"huge".to_vec(), external((1 << 53) + 1, None, None));
+    v.push(("too_many_chunks", b.finish().unwrap()));
+
+    // Replacing an escaped user "trusted.overlay.whiteouts" value on a
+    // directory that holds a whiteout trips composefs C's xattr bookkeeping.
+    let mut b = root_builder();
+    let d = b.add(
+        InodeId::ROOT,
+        b"d".to_vec(),
+        with_xattrs(
+            dir(),
+            &[(b"trusted.overlay.whiteouts", b"abc"), (b"user.x", b"1")],
+        ),
+    );
+    b.add(d, b"w".to_vec(), special(S_IFCHR, 0));
+    v.push(("whiteouts_rewrite_budget", b.finish().unwrap()));
+    v
 }
