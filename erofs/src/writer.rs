@@ -25,13 +25,13 @@ use std::collections::HashMap;
 use zerocopy::IntoBytes;
 
 use crate::format::{
-    ComposefsHeader, Dirent, InodeCompact, InodeExtended, Superblock, XattrEntry,
-    XattrIbodyHeader, BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_FLAGS_HAS_ACL, COMPOSEFS_HEADER_VERSION,
-    COMPOSEFS_MAGIC, FEATURE_COMPAT_MTIME, FEATURE_COMPAT_XATTR_FILTER, I_DATALAYOUT_BIT,
-    LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, SLOT_SIZE,
-    SUPER_MAGIC_V1, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
-    XATTR_FILTER_BITS, XATTR_FILTER_DEFAULT, XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS,
-    XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_INDEX_SECURITY, XATTR_INDEX_TRUSTED, XATTR_INDEX_USER,
+    ComposefsHeader, Dirent, InodeCompact, InodeExtended, Superblock, XattrEntry, XattrIbodyHeader,
+    BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_FLAGS_HAS_ACL, COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC,
+    FEATURE_COMPAT_MTIME, FEATURE_COMPAT_XATTR_FILTER, I_DATALAYOUT_BIT, LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, SLOT_SIZE, SUPER_MAGIC_V1, SUPER_OFFSET,
+    S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, XATTR_FILTER_BITS, XATTR_FILTER_DEFAULT,
+    XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT,
+    XATTR_INDEX_SECURITY, XATTR_INDEX_TRUSTED, XATTR_INDEX_USER,
 };
 use crate::tree::{Content, FileData, InodeId, Timespec, Tree, TreeError};
 
@@ -269,8 +269,7 @@ fn prepare<'a>(tree: &'a Tree, opts: &WriteOptions) -> Result<Prepared<'a>, Writ
         return Err(WriteError::Version(opts.max_version));
     }
     let max_version = opts.max_version.max(opts.min_version);
-    let is_whiteout =
-        |mode: u32, rdev: u64| mode & S_IFMT == S_IFCHR && rdev as u32 == 0;
+    let is_whiteout = |mode: u32, rdev: u64| mode & S_IFMT == S_IFCHR && rdev as u32 == 0;
     let mut version = opts.min_version;
     if version < 1
         && max_version >= 1
@@ -918,7 +917,12 @@ fn emit(p: &Prepared, l: &Layout) -> Vec<u8> {
     let header = ComposefsHeader {
         magic: COMPOSEFS_MAGIC.into(),
         version: COMPOSEFS_HEADER_VERSION.into(),
-        flags: if l.has_acl { COMPOSEFS_FLAGS_HAS_ACL } else { 0 }.into(),
+        flags: if l.has_acl {
+            COMPOSEFS_FLAGS_HAS_ACL
+        } else {
+            0
+        }
+        .into(),
         composefs_version: p.version.into(),
         ..Default::default()
     };

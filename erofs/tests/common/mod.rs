@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use erofs::format::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
-use erofs::tree::{Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr};
+use erofs::tree::{
+    Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
+};
 
 pub const T0: i64 = 1_700_000_000;
 
@@ -165,7 +167,10 @@ const XATTR_POOL: &[(&[u8], &[u8])] = &[
     (b"trusted.overlay.opaque", b"y"),
     (b"trusted.overlay.redirect", b"/x"),
     (b"trusted.foo", b"bar"),
-    (b"system.posix_acl_access", b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff"),
+    (
+        b"system.posix_acl_access",
+        b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff",
+    ),
     (b"system.posix_acl_default", b"\x02\0\0\0"),
     (b"lustre.x", b"y"),
     (b"other.name", b"v"),
@@ -185,7 +190,11 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
             // Many xattrs: mostly shared-looking values.
             (
                 format!("user.many{:03}", i).into_bytes(),
-                if r.chance(80) { b"same".to_vec() } else { r.bytes(3) },
+                if r.chance(80) {
+                    b"same".to_vec()
+                } else {
+                    r.bytes(3)
+                },
             )
         } else if r.chance(75) {
             let (n, v) = *r.pick(XATTR_POOL);
@@ -193,7 +202,11 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
         } else {
             let mut name = b"user.r".to_vec();
             name.extend(random_name(r).into_iter().filter(|&c| c != 0).take(200));
-            let vlen = if r.chance(5) { r.below(3000) } else { r.below(40) } as usize;
+            let vlen = if r.chance(5) {
+                r.below(3000)
+            } else {
+                r.below(40)
+            } as usize;
             (name, r.bytes(vlen))
         };
         if out.iter().any(|x| x.name == name) {
@@ -208,7 +221,9 @@ fn random_leaf(r: &mut Rng) -> Inode {
     let kind = r.below(100);
     let (mode, content) = if kind < 35 {
         let size = if r.chance(60) {
-            *r.pick(&[0u64, 1, 2, 63, 64, 65, 2047, 2048, 2049, 4095, 4096, 4097, 5000])
+            *r.pick(&[
+                0u64, 1, 2, 63, 64, 65, 2047, 2048, 2049, 4095, 4096, 4097, 5000,
+            ])
         } else {
             r.below(5001)
         };
@@ -239,7 +254,11 @@ fn random_leaf(r: &mut Rng) -> Inode {
         } else {
             None
         };
-        let verity = if r.chance(70) { Some(r.bytes(32)) } else { None };
+        let verity = if r.chance(70) {
+            Some(r.bytes(32))
+        } else {
+            None
+        };
         (
             S_IFREG,
             Content::Regular(File {
@@ -293,7 +312,11 @@ pub fn random_tree(seed: u64) -> Tree {
         };
         let mut name = random_name(&mut r);
         if n > 1000 && r.chance(70) {
-            name = format!("long-file-name-for-a-big-directory-{:08}", r.next() % 100_000_000).into_bytes();
+            name = format!(
+                "long-file-name-for-a-big-directory-{:08}",
+                r.next() % 100_000_000
+            )
+            .into_bytes();
         }
         if !used.insert((parent.0, name.clone())) {
             continue;
@@ -344,7 +367,11 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
     let mut b = root_builder();
     for size in [0usize, 1, 64, 2048, 2049, 4096, 5000] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
-        b.add(InodeId::ROOT, format!("inline-{size}").into_bytes(), inline(&data));
+        b.add(
+            InodeId::ROOT,
+            format!("inline-{size}").into_bytes(),
+            inline(&data),
+        );
     }
     v.push(("inline_sizes", b.finish().unwrap(), def));
 
@@ -381,7 +408,11 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
             external(*size, None, None),
         );
     }
-    b.add(InodeId::ROOT, b"ext-empty".to_vec(), external(0, Some(b"x/y"), Some(digest)));
+    b.add(
+        InodeId::ROOT,
+        b"ext-empty".to_vec(),
+        external(0, Some(b"x/y"), Some(digest)),
+    );
     v.push(("external_files", b.finish().unwrap(), def));
 
     // Chunk tables of 1024 entries at varying offsets: some must move out
@@ -408,11 +439,27 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
     v.push(("symlinks", b.finish().unwrap(), def));
 
     let mut b = root_builder();
-    b.add(InodeId::ROOT, b"blk".to_vec(), special(S_IFBLK | 0o600, (8 << 8) | 1));
-    b.add(InodeId::ROOT, b"chr".to_vec(), special(S_IFCHR | 0o666, (1 << 8) | 3));
+    b.add(
+        InodeId::ROOT,
+        b"blk".to_vec(),
+        special(S_IFBLK | 0o600, (8 << 8) | 1),
+    );
+    b.add(
+        InodeId::ROOT,
+        b"chr".to_vec(),
+        special(S_IFCHR | 0o666, (1 << 8) | 3),
+    );
     b.add(InodeId::ROOT, b"fifo".to_vec(), special(S_IFIFO | 0o644, 0));
-    b.add(InodeId::ROOT, b"sock".to_vec(), special(S_IFSOCK | 0o755, 0));
-    b.add(InodeId::ROOT, b"bigdev".to_vec(), special(S_IFCHR | 0o600, 0xfff_ffff));
+    b.add(
+        InodeId::ROOT,
+        b"sock".to_vec(),
+        special(S_IFSOCK | 0o755, 0),
+    );
+    b.add(
+        InodeId::ROOT,
+        b"bigdev".to_vec(),
+        special(S_IFCHR | 0o600, 0xfff_ffff),
+    );
     v.push(("devices", b.finish().unwrap(), def));
 
     for (name, opts) in [
@@ -427,7 +474,7 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
     ] {
         let mut b = root_builder();
         let d = b.add(InodeId::ROOT, b"d".to_vec(), dir());
-        b.add(d, b"gone".to_vec(), special(S_IFCHR | 0o000, 0));
+        b.add(d, b"gone".to_vec(), special(S_IFCHR, 0));
         b.add(d, b"kept".to_vec(), inline(b"k"));
         b.add(InodeId::ROOT, b"00".to_vec(), inline(b"not a whiteout"));
         b.add(InodeId::ROOT, b"ab".to_vec(), dir());
@@ -488,12 +535,10 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
         b"acl".to_vec(),
         with_xattrs(inline(b""), &[(b"system.posix_acl_access", b"\x02\0\0\0")]),
     );
-    b.tree_mut().inodes[0]
-        .xattrs
-        .push(erofs::Xattr {
-            name: b"security.selinux".to_vec(),
-            value: b"system_u:object_r:root_t:s0\0".to_vec(),
-        });
+    b.tree_mut().inodes[0].xattrs.push(erofs::Xattr {
+        name: b"security.selinux".to_vec(),
+        value: b"system_u:object_r:root_t:s0\0".to_vec(),
+    });
     v.push(("xattrs", b.finish().unwrap(), def));
 
     // More than 0x80 shared xattrs on one inode.
@@ -504,7 +549,11 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
             x.push((format!("user.k{i:03}").into_bytes(), b"same".to_vec()));
         }
         let refs: Vec<(&[u8], &[u8])> = x.iter().map(|(a, b)| (&a[..], &b[..])).collect();
-        b.add(InodeId::ROOT, format!("f{f}").into_bytes(), with_xattrs(inline(b""), &refs));
+        b.add(
+            InodeId::ROOT,
+            format!("f{f}").into_bytes(),
+            with_xattrs(inline(b""), &refs),
+        );
     }
     v.push(("shared_cap", b.finish().unwrap(), def));
 
@@ -532,7 +581,11 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
 pub fn error_fixtures() -> Vec<(&'static str, Tree)> {
     let mut v = Vec::new();
     let mut b = root_builder();
-    b.add(InodeId::ROOT, b"huge".to_vec(), external((1 << 53) + 1, None, None));
+    b.add(
+        InodeId::ROOT,
+        b"huge".to_vec(),
+        external((1 << 53) + 1, None, None),
+    );
     v.push(("too_many_chunks", b.finish().unwrap()));
 
     // Replacing an escaped user "trusted.overlay.whiteouts" value on a
