@@ -689,13 +689,13 @@ impl<'a> Reader<'a> {
         };
         let first = dirent(0)?;
         let names_start = first.nameoff.get() as usize;
-        if names_start == 0 || names_start % de_size != 0 || names_start > block.len() {
+        let count = names_start / de_size;
+        if count == 0 || count * de_size != names_start || names_start > block.len() {
             return Err(bad(format!(
                 "first name offset {names_start} is not a multiple of {de_size} within the {}-byte block",
                 block.len()
             )));
         }
-        let count = names_start / de_size;
         for i in 0..count {
             let d = dirent(i)?;
             let off = d.nameoff.get() as usize;
