@@ -232,3 +232,149 @@ fn conformance_images_node_counts() {
         eprintln!("{}: {lines} paths OK", p.display());
     }
 }
+
+mod hostile {
+    use super::*;
+    use erofs::format::{
+        Dirent, InodeCompact, Superblock, BLOCK_SIZE, COMPOSEFS_MAGIC, FT_REG_FILE,
+        LAYOUT_FLAT_PLAIN, SUPER_MAGIC_V1,
+    };
+    use proptest::prelude::*;
+    use zerocopy::IntoBytes;
+
+    const FIXTURES: [&[u8]; 6] = [
+        SPECIAL,
+        SPECIAL_V1,
+        HARDLINKS,
+        BIGFILE_XATTR,
+        LONG_SYMLINK,
+        BIGFILE_ACL,
+    ];
+
+    /// Reading must never panic; any error is fine.
+    fn no_panic(bytes: &[u8]) {
+        let _ = read_image(bytes);
+    }
+
+    #[test]
+    fn truncated_at_every_offset() {
+        for &f in &[HARDLINKS, SPECIAL_V1] {
+            for len in 0..f.len() {
+                no_panic(&f[..len]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_flipped() {
+        // Everything past the first blocks is file data and whiteout inodes
+        // repeated; the interesting bytes are the header, superblock, the
+        // first inodes and directory blocks.
+        for (f, blocks, masks) in [(HARDLINKS, 3, &[0xff][..]), (SPECIAL, 2, &[0xff][..])] {
+            let mut b = f.to_vec();
+            for i in 0..b.len().min(blocks * 4096) {
+                for &mask in masks {
+                    b[i] ^= mask;
+                    no_panic(&b);
+                    b[i] ^= mask;
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn random_mutations(
+            which in 0..FIXTURES.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut b = FIXTURES[which].to_vec();
+            // Mutations land in the metadata most of the time (the first
+            // blocks), where they matter.
+            let hot = b.len().min(3 * 4096);
+            for (i, v) in edits {
+                let at = if v & 1 == 0 { i.index(hot) } else { i.index(b.len()) };
+                b[at] = v;
+            }
+            if truncate {
+                b.truncate(cut.index(b.len()));
+            }
+            no_panic(&b);
+        }
+    }
+
+    /// A composefs image whose root directory has `n` entries, each a
+    /// distinct regular file claiming `size` bytes of data at block 0.
+    fn amplifying_image(n: usize, size: u32) -> Vec<u8> {
+        let per_block = (BLOCK_SIZE as usize - 16) / (12 + 8);
+        let dir_blocks = n.div_ceil(per_block);
+        let meta_blk = 1u64; // inodes from offset 4096
+        let inode_bytes = 32 * (n + 1);
+        let meta_blocks = inode_bytes.div_ceil(BLOCK_SIZE as usize);
+        let dir_blk = meta_blk as usize + meta_blocks;
+        let total_blocks = (dir_blk + dir_blocks).max(size.div_ceil(4096) as usize);
+        let mut img = vec![0u8; total_blocks * BLOCK_SIZE as usize];
+        img[..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
+        img[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let mut sb = Superblock::default();
+        sb.magic.set(SUPER_MAGIC_V1);
+        sb.blkszbits = 12;
+        sb.meta_blkaddr.set(meta_blk as u32);
+        sb.root_nid.set(0);
+        img[1024..1024 + 128].copy_from_slice(sb.as_bytes());
+        let put_inode = |img: &mut Vec<u8>, nid: usize, mode: u16, size: u32, blk: u32| {
+            let mut c = InodeCompact::default();
+            c.i_format.set(LAYOUT_FLAT_PLAIN << 1);
+            c.i_mode.set(mode);
+            c.i_nlink.set(1);
+            c.i_size.set(size);
+            c.i_u.set(blk);
+            let off = 4096 + nid * 32;
+            img[off..off + 32].copy_from_slice(c.as_bytes());
+        };
+        put_inode(
+            &mut img,
+            0,
+            0o40755,
+            (dir_blocks * BLOCK_SIZE as usize) as u32,
+            dir_blk as u32,
+        );
+        for (b, chunk) in (1..=n).collect::<Vec<_>>().chunks(per_block).enumerate() {
+            let base = (dir_blk + b) * BLOCK_SIZE as usize;
+            let mut nameoff = 12 * chunk.len();
+            for (k, &nid) in chunk.iter().enumerate() {
+                let mut d = Dirent::default();
+                d.nid.set(nid as u64);
+                d.nameoff.set(nameoff as u16);
+                d.file_type = FT_REG_FILE;
+                img[base + 12 * k..base + 12 * k + 12].copy_from_slice(d.as_bytes());
+                let name = format!("{nid:08}");
+                img[base + nameoff..base + nameoff + 8].copy_from_slice(name.as_bytes());
+                nameoff += 8;
+            }
+        }
+        for nid in 1..=n {
+            put_inode(&mut img, nid, 0o100644, size, 0);
+        }
+        img
+    }
+
+    #[test]
+    fn shared_data_blocks_do_not_amplify_without_bound() {
+        let ok = amplifying_image(10, 4096);
+        let t = read_image(&ok).unwrap().tree;
+        assert_eq!(t.root().entries().len(), 10);
+        // 4000 inodes each claiming the whole 256 KiB image: ~1 GiB if copied.
+        let bad = amplifying_image(4000, 256 * 1024);
+        match read_image(&bad) {
+            Err(ReadError::TooLarge { .. }) => {}
+            r => panic!(
+                "expected TooLarge, got {:?}",
+                r.map(|i| i.tree.inodes.len())
+            ),
+        }
+    }
+}
