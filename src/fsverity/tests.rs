@@ -479,3 +479,57 @@ fn errno_classification() {
     assert!(matches!(classify(Errno::ROFS), VerityError::Io(_)));
     assert!(matches!(classify(Errno::ACCESS), VerityError::Io(_)));
 }
+
+/// Throughput measurement; run with
+/// `cargo test --release --lib fsverity::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn throughput() {
+    use sha2::Digest as _;
+    use std::time::Instant;
+    let size = 256 * MIB;
+    let data = pseudo_random(size, 42);
+    let mbps = |secs: f64| size as f64 / secs / 1e6;
+    let time = |f: &dyn Fn()| {
+        f(); // warm-up
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    eprintln!("rayon threads: {}", rayon::current_num_threads());
+    let t = time(&|| {
+        std::hint::black_box(sha2::Sha256::digest(&data));
+    });
+    eprintln!("plain SHA-256 (1 thread):        {:8.0} MB/s", mbps(t));
+    let t = time(&|| {
+        std::hint::black_box(sha2::Sha512::digest(&data));
+    });
+    eprintln!("plain SHA-512 (1 thread):        {:8.0} MB/s", mbps(t));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    std::fs::write(&path, &data).unwrap();
+    let f = File::open(&path).unwrap();
+    for alg in Algorithm::ALL {
+        let t = time(&|| {
+            std::hint::black_box(digest_bytes(alg, &data));
+        });
+        eprintln!("{alg} digest_bytes (1 thread):   {:8.0} MB/s", mbps(t));
+        let t = time(&|| {
+            std::hint::black_box(par_digest_bytes(alg, &data));
+        });
+        eprintln!("{alg} par_digest_bytes:          {:8.0} MB/s", mbps(t));
+        let t = time(&|| {
+            std::hint::black_box(digest_file(alg, &f).unwrap());
+        });
+        eprintln!("{alg} digest_file (1 thread):    {:8.0} MB/s", mbps(t));
+        let t = time(&|| {
+            std::hint::black_box(par_digest_file(alg, &f).unwrap());
+        });
+        eprintln!("{alg} par_digest_file:           {:8.0} MB/s", mbps(t));
+        assert_eq!(par_digest_file(alg, &f).unwrap(), digest_bytes(alg, &data));
+    }
+}
