@@ -27,10 +27,10 @@ static ZERO_BLOCK: [u8; BLOCK_SIZE] = [0; BLOCK_SIZE];
 
 /// Bytes of data hashed by one parallel task (a multiple of the block size
 /// and of a full level-0 tree block's coverage for both algorithms).
-pub(super) const PAR_CHUNK: usize = 1 << 20;
-/// Bytes of data processed per parallel round; bounds the memory used for
+const PAR_CHUNK: usize = 1 << 20;
+/// Chunks of data processed per parallel round (256 MiB); bounds the memory used for
 /// level-0 hashes (2 MiB for SHA-256) and for read buffers.
-const PAR_WINDOW: usize = 256 << 20;
+const PAR_WINDOW_CHUNKS: usize = 256;
 /// Below this size the parallel entry points just hash sequentially.
 const PAR_MIN: usize = 2 * PAR_CHUNK;
 /// Read buffer size for sequential file/reader hashing.
@@ -323,12 +323,13 @@ fn body_len(total: u64) -> u64 {
 /// fs-verity digest of an in-memory buffer, hashing 1 MiB runs of blocks on
 /// the rayon thread pool. Always equal to [`digest_bytes`].
 pub fn par_digest_bytes(alg: Algorithm, data: &[u8]) -> Digest {
-    par_digest_bytes_with(alg, data, PAR_WINDOW)
+    par_digest_bytes_with(alg, data, PAR_WINDOW_CHUNKS)
 }
 
-/// [`par_digest_bytes`] with a given window (a multiple of [`PAR_CHUNK`]).
-pub(super) fn par_digest_bytes_with(alg: Algorithm, data: &[u8], window: usize) -> Digest {
-    assert!(window > 0 && window % PAR_CHUNK == 0);
+/// [`par_digest_bytes`] processing `window_chunks` chunks per round.
+pub(super) fn par_digest_bytes_with(alg: Algorithm, data: &[u8], window_chunks: usize) -> Digest {
+    assert!(window_chunks > 0);
+    let window = window_chunks * PAR_CHUNK;
     if data.len() < PAR_MIN {
         return digest_bytes(alg, data);
     }
@@ -352,16 +353,17 @@ pub(super) fn par_digest_bytes_with(alg: Algorithm, data: &[u8], window: usize) 
 /// Always equal to [`digest_file`]. Fails with `UnexpectedEof` /
 /// `InvalidData` if the file shrinks or grows while being hashed.
 pub fn par_digest_file(alg: Algorithm, file: &File) -> io::Result<Digest> {
-    par_digest_file_with(alg, file, PAR_WINDOW)
+    par_digest_file_with(alg, file, PAR_WINDOW_CHUNKS)
 }
 
-/// [`par_digest_file`] with a given window (a multiple of [`PAR_CHUNK`]).
+/// [`par_digest_file`] processing `window_chunks` chunks per round.
 pub(super) fn par_digest_file_with(
     alg: Algorithm,
     file: &File,
-    window: usize,
+    window_chunks: usize,
 ) -> io::Result<Digest> {
-    assert!(window > 0 && window % PAR_CHUNK == 0);
+    assert!(window_chunks > 0);
+    let window = window_chunks * PAR_CHUNK;
     let size = file.metadata()?.len();
     if size < PAR_MIN as u64 {
         return digest_file(alg, file);

@@ -77,12 +77,7 @@ pub(super) fn enable_verity<Fd: AsFd>(
     // its owned copy, which lives for the whole call. The kernel only reads
     // it; salt_ptr/sig_ptr are null with zero sizes, so it dereferences no
     // other user memory.
-    unsafe {
-        ioctl(
-            fd,
-            Setter::<FS_IOC_ENABLE_VERITY, EnableArg>::new(arg),
-        )
-    }
+    unsafe { ioctl(fd, Setter::<FS_IOC_ENABLE_VERITY, EnableArg>::new(arg)) }
 }
 
 /// `FS_IOC_MEASURE_VERITY`: returns the kernel algorithm id and the digest
