@@ -1,0 +1,380 @@
+//! Reader tests against composefs C 1.0.8 `mkcomposefs` images (fixtures built
+//! from the conformance dumps and a small hand-written dump), plain
+//! `mkfs.erofs` images generated at test time, and mutated images.
+
+use erofs::format::{S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use erofs::{read_image, Content, FileData, Inode, ReadError, Tree};
+
+const SPECIAL: &[u8] = include_bytes!("fixtures/special.cfs");
+const SPECIAL_V1: &[u8] = include_bytes!("fixtures/special_v1.cfs");
+const HARDLINKS: &[u8] = include_bytes!("fixtures/hardlinks.cfs");
+const BIGFILE_XATTR: &[u8] = include_bytes!("fixtures/bigfile-xattr.cfs");
+const LONG_SYMLINK: &[u8] = include_bytes!("fixtures/honggfuzz-long-symlink.cfs");
+const BIGFILE_ACL: &[u8] = include_bytes!("fixtures/honggfuzz-bigfile-with-acl.cfs");
+
+fn lookup<'t>(tree: &'t Tree, path: &str) -> &'t Inode {
+    let mut cur = tree.root();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let e = cur
+            .entries()
+            .iter()
+            .find(|e| e.name == comp.as_bytes())
+            .unwrap_or_else(|| panic!("{path}: no {comp}"));
+        cur = tree.inode(e.inode);
+    }
+    cur
+}
+
+fn names(inode: &Inode) -> Vec<String> {
+    inode
+        .entries()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect()
+}
+
+fn xattr_names(inode: &Inode) -> Vec<String> {
+    let mut v: Vec<String> = inode
+        .xattrs
+        .iter()
+        .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn check_special(bytes: &[u8], version: u32) {
+    let img = read_image(bytes).unwrap();
+    assert_eq!(img.version, version);
+    let t = &img.tree;
+    // The writer's 256 root whiteouts are gone; the dump's entries remain.
+    assert_eq!(
+        names(t.root()),
+        [
+            "blockdev",
+            "chardev",
+            "escaped-xattr",
+            "fifo",
+            "inline",
+            "inline-large1",
+            "inline-large2",
+            "inline-large3",
+            "whiteout"
+        ]
+    );
+    let root = t.root();
+    assert_eq!(root.stat.mode, S_IFDIR | 0o555);
+    assert_eq!(xattr_names(root), ["trusted.foo1", "user.foo2"]);
+    assert_eq!(root.stat.mtime.sec, 1633950376);
+
+    let b = lookup(t, "blockdev");
+    assert_eq!(b.stat.rdev, 107690);
+    assert_eq!(b.xattr(b"trusted.bar"), Some(&b"bar-2"[..]));
+    let c = lookup(t, "chardev");
+    assert_eq!((c.stat.mode, c.stat.rdev), (S_IFCHR | 0o777, 10769));
+
+    let e = lookup(t, "escaped-xattr");
+    assert_eq!(
+        xattr_names(e),
+        [
+            "trusted.overlay.redirect",
+            "user.foo",
+            "user.overlay.redirect"
+        ]
+    );
+    assert_eq!(e.xattr(b"trusted.overlay.redirect"), Some(&b"/foo\n"[..]));
+    assert!(
+        matches!(&e.content, Content::Regular(f) if f.size == 0 && f.data == FileData::Inline(vec![]))
+    );
+
+    let i = lookup(t, "inline");
+    assert!(
+        matches!(&i.content, Content::Regular(f) if f.data == FileData::Inline(b"FOOBAR\nINAFILE\n".to_vec()))
+    );
+    for (name, size) in [("inline-large1", 4095), ("inline-large2", 4096)] {
+        match &lookup(t, name).content {
+            Content::Regular(f) => {
+                assert_eq!(f.size, size);
+                assert!(matches!(&f.data, FileData::Inline(d) if d.len() as u64 == size));
+            }
+            c => panic!("{name}: {c:?}"),
+        }
+    }
+    let w = lookup(t, "whiteout");
+    assert!(w.is_whiteout(), "{:?}", w.stat);
+    assert_eq!(w.stat.mode, S_IFCHR | 0o777);
+    assert_eq!(xattr_names(w), ["trusted.foo"]);
+    assert!(matches!(w.content, Content::Special));
+    t.validate().unwrap();
+}
+
+#[test]
+fn special_v0() {
+    check_special(SPECIAL, 0);
+}
+
+#[test]
+fn special_v1() {
+    check_special(SPECIAL_V1, 1);
+}
+
+#[test]
+fn hardlinks_and_external_files() {
+    let img = read_image(HARDLINKS).unwrap();
+    let t = &img.tree;
+    assert_eq!(names(t.root()), ["a", "b", "c", "d", "e", "f", "g"]);
+    // The root holds a whiteout (g), so its writer-added markers are dropped.
+    assert!(t.root().xattrs.is_empty(), "{:?}", t.root().xattrs);
+    let root = t.root().entries();
+    let a = t.inode(root[0].inode);
+    let z = &a.entries()[0];
+    // /b and /c/y link to /a/z; /a/z is the home (nid order of the image).
+    assert!(!z.hardlink);
+    assert!(root[1].hardlink);
+    assert_eq!(root[1].inode, z.inode);
+    let c = t.inode(root[2].inode);
+    assert_eq!(names(c), ["wh", "y"]);
+    assert!(c.xattrs.is_empty());
+    assert!(c.entries()[1].hardlink);
+    assert_eq!(t.inode(z.inode).stat.nlink, 3);
+    // /e links to /d.
+    assert!(!root[3].hardlink && root[4].hardlink);
+    assert_eq!(root[3].inode, root[4].inode);
+    let f = t.inode(root[5].inode);
+    assert_eq!(f.stat.uid, 5);
+    assert_eq!(f.stat.gid, 6);
+    assert_eq!((f.stat.mtime.sec, f.stat.mtime.nsec), (999, 5));
+    assert_eq!(xattr_names(f), ["security.selinux"]);
+    match &f.content {
+        Content::Regular(file) => {
+            assert_eq!(file.size, 1234);
+            match &file.data {
+                FileData::External { redirect, verity } => {
+                    assert_eq!(redirect.as_deref(), Some(&b"00/1234"[..]));
+                    let v = verity.as_ref().unwrap();
+                    assert_eq!(v.len(), 32);
+                    assert_eq!(v[0], 0x01);
+                    assert_eq!(v[1], 0x23);
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        c => panic!("{c:?}"),
+    }
+    assert_eq!(t.inode(root[3].inode).stat.mtime.sec, 1000);
+    assert!(t.inode(root[6].inode).is_whiteout());
+    assert!(t.inode(c.entries()[0].inode).is_whiteout());
+}
+
+#[test]
+fn small_conformance_fixtures() {
+    let t = read_image(BIGFILE_XATTR).unwrap().tree;
+    let f = lookup(&t, "bigfile");
+    assert_eq!(f.xattr(b"user.foo"), Some(&b""[..]));
+    assert!(
+        matches!(&f.content, Content::Regular(x) if x.size == 9001899274941000
+        && x.data == FileData::External { redirect: None, verity: None })
+    );
+
+    let t = read_image(LONG_SYMLINK).unwrap().tree;
+    let s = lookup(&t, "symlink");
+    assert_eq!(s.stat.mode & S_IFMT, S_IFLNK);
+    assert!(matches!(&s.content, Content::Symlink(x) if x.len() == 3914));
+
+    let t = read_image(BIGFILE_ACL).unwrap().tree;
+    let f = lookup(&t, "something-with-acls-and-overlay");
+    assert_eq!(f.stat.mode & S_IFMT, S_IFREG);
+    assert_eq!(f.xattr(b"system.posix_acl_default"), Some(&b"x"[..]));
+}
+
+#[test]
+fn rejects_garbage_headers() {
+    assert!(matches!(read_image(&[]), Err(ReadError::TooShort { .. })));
+    assert!(matches!(
+        read_image(&[0u8; 8192]),
+        Err(ReadError::BadMagic { .. })
+    ));
+    let mut b = SPECIAL.to_vec();
+    b[1024 + 12] = 9; // blkszbits
+    assert!(matches!(read_image(&b), Err(ReadError::BlockSize(9))));
+    let mut b = SPECIAL.to_vec();
+    b[12] = 7; // composefs_version
+    assert!(matches!(read_image(&b), Err(ReadError::FormatVersion(7))));
+}
+
+/// Counts tree nodes the way a composefs dump lists them: one line per path.
+fn count_paths(t: &Tree) -> usize {
+    1 + t.inodes.iter().map(|i| i.entries().len()).sum::<usize>()
+}
+
+/// Reads `mkcomposefs` images of the conformance dumps (built outside the
+/// repository; see the report) when `STRATA_CONFORMANCE_IMAGES` names their
+/// directory: `NAME.dump` next to `NAME.dump.cfs`.
+#[test]
+fn conformance_images_node_counts() {
+    let Some(dir) = std::env::var_os("STRATA_CONFORMANCE_IMAGES") else {
+        eprintln!("skipping: STRATA_CONFORMANCE_IMAGES not set");
+        return;
+    };
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "cfs") {
+            continue;
+        }
+        let dump = std::fs::read(p.with_extension("")).unwrap();
+        let lines = dump
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let img = read_image(&std::fs::read(&p).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(count_paths(&img.tree), lines, "{}", p.display());
+        eprintln!("{}: {lines} paths OK", p.display());
+    }
+}
+
+mod hostile {
+    use super::*;
+    use erofs::format::{
+        Dirent, InodeCompact, Superblock, BLOCK_SIZE, COMPOSEFS_MAGIC, FT_REG_FILE,
+        LAYOUT_FLAT_PLAIN, SUPER_MAGIC_V1,
+    };
+    use proptest::prelude::*;
+    use zerocopy::IntoBytes;
+
+    const FIXTURES: [&[u8]; 6] = [
+        SPECIAL,
+        SPECIAL_V1,
+        HARDLINKS,
+        BIGFILE_XATTR,
+        LONG_SYMLINK,
+        BIGFILE_ACL,
+    ];
+
+    /// Reading must never panic; any error is fine.
+    fn no_panic(bytes: &[u8]) {
+        let _ = read_image(bytes);
+    }
+
+    #[test]
+    fn truncated_at_every_offset() {
+        for &f in &[HARDLINKS, SPECIAL_V1] {
+            for len in 0..f.len() {
+                no_panic(&f[..len]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_flipped() {
+        // Everything past the first blocks is file data and whiteout inodes
+        // repeated; the interesting bytes are the header, superblock, the
+        // first inodes and directory blocks.
+        for (f, blocks, masks) in [(HARDLINKS, 3, &[0xff][..]), (SPECIAL, 2, &[0xff][..])] {
+            let mut b = f.to_vec();
+            for i in 0..b.len().min(blocks * 4096) {
+                for &mask in masks {
+                    b[i] ^= mask;
+                    no_panic(&b);
+                    b[i] ^= mask;
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn random_mutations(
+            which in 0..FIXTURES.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut b = FIXTURES[which].to_vec();
+            // Mutations land in the metadata most of the time (the first
+            // blocks), where they matter.
+            let hot = b.len().min(3 * 4096);
+            for (i, v) in edits {
+                let at = if v & 1 == 0 { i.index(hot) } else { i.index(b.len()) };
+                b[at] = v;
+            }
+            if truncate {
+                b.truncate(cut.index(b.len()));
+            }
+            no_panic(&b);
+        }
+    }
+
+    /// A composefs image whose root directory has `n` entries, each a
+    /// distinct regular file claiming `size` bytes of data at block 0.
+    fn amplifying_image(n: usize, size: u32) -> Vec<u8> {
+        let per_block = (BLOCK_SIZE as usize - 16) / (12 + 8);
+        let dir_blocks = n.div_ceil(per_block);
+        let meta_blk = 1u64; // inodes from offset 4096
+        let inode_bytes = 32 * (n + 1);
+        let meta_blocks = inode_bytes.div_ceil(BLOCK_SIZE as usize);
+        let dir_blk = meta_blk as usize + meta_blocks;
+        let total_blocks = (dir_blk + dir_blocks).max(size.div_ceil(4096) as usize);
+        let mut img = vec![0u8; total_blocks * BLOCK_SIZE as usize];
+        img[..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
+        img[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let mut sb = Superblock::default();
+        sb.magic.set(SUPER_MAGIC_V1);
+        sb.blkszbits = 12;
+        sb.meta_blkaddr.set(meta_blk as u32);
+        sb.root_nid.set(0);
+        img[1024..1024 + 128].copy_from_slice(sb.as_bytes());
+        let put_inode = |img: &mut Vec<u8>, nid: usize, mode: u16, size: u32, blk: u32| {
+            let mut c = InodeCompact::default();
+            c.i_format.set(LAYOUT_FLAT_PLAIN << 1);
+            c.i_mode.set(mode);
+            c.i_nlink.set(1);
+            c.i_size.set(size);
+            c.i_u.set(blk);
+            let off = 4096 + nid * 32;
+            img[off..off + 32].copy_from_slice(c.as_bytes());
+        };
+        put_inode(
+            &mut img,
+            0,
+            0o40755,
+            (dir_blocks * BLOCK_SIZE as usize) as u32,
+            dir_blk as u32,
+        );
+        for (b, chunk) in (1..=n).collect::<Vec<_>>().chunks(per_block).enumerate() {
+            let base = (dir_blk + b) * BLOCK_SIZE as usize;
+            let mut nameoff = 12 * chunk.len();
+            for (k, &nid) in chunk.iter().enumerate() {
+                let mut d = Dirent::default();
+                d.nid.set(nid as u64);
+                d.nameoff.set(nameoff as u16);
+                d.file_type = FT_REG_FILE;
+                img[base + 12 * k..base + 12 * k + 12].copy_from_slice(d.as_bytes());
+                let name = format!("{nid:08}");
+                img[base + nameoff..base + nameoff + 8].copy_from_slice(name.as_bytes());
+                nameoff += 8;
+            }
+        }
+        for nid in 1..=n {
+            put_inode(&mut img, nid, 0o100644, size, 0);
+        }
+        img
+    }
+
+    #[test]
+    fn shared_data_blocks_do_not_amplify_without_bound() {
+        let ok = amplifying_image(10, 4096);
+        let t = read_image(&ok).unwrap().tree;
+        assert_eq!(t.root().entries().len(), 10);
+        // 4000 inodes each claiming the whole 256 KiB image: ~1 GiB if copied.
+        let bad = amplifying_image(4000, 256 * 1024);
+        match read_image(&bad) {
+            Err(ReadError::TooLarge { .. }) => {}
+            r => panic!(
+                "expected TooLarge, got {:?}",
+                r.map(|i| i.tree.inodes.len())
+            ),
+        }
+    }
+}
