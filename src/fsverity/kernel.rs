@@ -121,6 +121,15 @@ pub enum Support {
     },
 }
 
+impl std::fmt::Display for Support {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Support::Supported => f.write_str("supported"),
+            Support::NotSupported { reason } => write!(f, "not supported: {reason}"),
+        }
+    }
+}
+
 impl Support {
     /// Whether this is [`Support::Supported`].
     pub fn is_supported(&self) -> bool {

@@ -26,7 +26,7 @@ use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::fsverity::{self, Algorithm, Digest};
-use objects::{oe, ObjectDir, ObjectError, VerityPolicy};
+use objects::{ObjectDir, ObjectError, VerityPolicy};
 
 /// Current `meta.json` format version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -449,5 +449,4 @@ pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
 fn _assert_send() {
     fn s<T: Send + Sync>() {}
     s::<Repository>();
-    let _ = oe;
 }
