@@ -100,7 +100,7 @@ fn read_xattrs(dirfd: &fs::File, name: &OsStr, full: &Path, opts: &ScanOptions) 
     let err = |e: rustix::io::Errno| ScanError::new(full, "reading xattrs", e);
     let mut list = Vec::new();
     loop {
-        let size = match rustix::fs::llistxattr(path, &mut [0u8; 0][..]) {
+        let size = match rustix::fs::llistxattr_query(path) {
             Ok(n) => n,
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(err(e)),
@@ -126,7 +126,7 @@ fn read_xattrs(dirfd: &fs::File, name: &OsStr, full: &Path, opts: &ScanOptions) 
         let cname = OsStr::from_bytes(xname);
         let mut value = Vec::new();
         loop {
-            let size = match rustix::fs::lgetxattr(path, cname, &mut [0u8; 0][..]) {
+            let size = match rustix::fs::lgetxattr_query(path, cname) {
                 Ok(n) => n,
                 Err(rustix::io::Errno::NODATA) => break, // removed meanwhile
                 Err(e) => return Err(err(e)),
