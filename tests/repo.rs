@@ -407,7 +407,7 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
             .arg(env!("CARGO_BIN_EXE_strata"))
             .arg("--repo")
             .arg(&nrepo)
-            .args(["create-image", src.to_str().unwrap(), "y"])
+            .args(["-q", "create-image", src.to_str().unwrap(), "y"])
             .output()
             .unwrap()
     } else {

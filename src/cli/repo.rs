@@ -47,9 +47,9 @@ impl Global {
         let (repo, created) = Repository::open_or_create(&self.repo, mode)?;
         if let Some(support) = created {
             self.note(&format!("created repository {}", self.repo.display()));
-            if !support.is_supported() {
+            if let crate::fsverity::Support::NotSupported { reason } = support {
                 self.note(&format!(
-                    "fs-verity is not available there ({support}); objects are not verity-protected"
+                    "fs-verity is not supported there ({reason}); objects are not verity-protected"
                 ));
             }
         }

@@ -188,6 +188,7 @@ fn probe_inner(dir: &Path) -> Result<(), String> {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            Err(VerityError::NotSupported(e)) => return Err(e.to_string()),
             Err(e) => return Err(format!("enabling fs-verity failed: {e}")),
         }
     }
