@@ -606,6 +606,32 @@ fn dir_size(dirents: &[DirentRef]) -> (u64, u64) {
     (blocks, used)
 }
 
+/// A small multiplicative hasher for the xattr table (keys are not
+/// attacker-controlled in a way that matters for a one-shot build, and
+/// SipHash dominated the profile on large trees).
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn layout(p: &mut Prepared, tree: &Tree) -> Result<Layout, WriteError> {
     // Breadth-first order over home entries.
     let mut order: Vec<u32> = Vec::with_capacity(p.nodes.len());
@@ -653,10 +679,12 @@ fn layout(p: &mut Prepared, tree: &Tree) -> Result<Layout, WriteError> {
     }
 
     // Shared xattrs: every (name, value) pair used by more than one inode.
-    let mut ids: HashMap<(&[u8], &[u8]), u32> = HashMap::new();
-    let mut first_use: Vec<(u32, u32)> = Vec::new();
-    let mut uses: Vec<u32> = Vec::new();
-    let mut xid: Vec<u32> = Vec::new();
+    let total_xattrs: usize = p.nodes.iter().map(|n| n.xattrs.len()).sum();
+    let mut ids: HashMap<(&[u8], &[u8]), u32, std::hash::BuildHasherDefault<FastHasher>> =
+        HashMap::with_capacity_and_hasher(total_xattrs, Default::default());
+    let mut first_use: Vec<(u32, u32)> = Vec::with_capacity(total_xattrs);
+    let mut uses: Vec<u32> = Vec::with_capacity(total_xattrs);
+    let mut xid: Vec<u32> = Vec::with_capacity(total_xattrs);
     let mut shared_start: Vec<u32> = Vec::with_capacity(order.len() + 1);
     for &ni in &order {
         shared_start.push(xid.len() as u32);
