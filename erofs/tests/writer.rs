@@ -527,7 +527,12 @@ fn random_trees_are_consistent() {
     for seed in 0..60u64 {
         let tree = random_tree(seed);
         let opts = WriteOptions::default();
-        let img = write_image(&tree, &opts).unwrap();
+        let img = match write_image(&tree, &opts) {
+            Ok(img) => img,
+            // Trees composefs C refuses too (checked against the oracle).
+            Err(WriteError::XattrRewrite { .. }) => continue,
+            Err(e) => panic!("seed {seed}: {e}"),
+        };
         assert_eq!(img, write_image(&tree, &opts).unwrap(), "deterministic");
         let im = Img(&img);
         let sb = im.sb();

@@ -185,6 +185,25 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
         8 => 4 + r.below(10),
         _ => 130 + r.below(20), // more than the 0x80 shared cap
     };
+    if r.chance(4) {
+        // xattrs that collide with the overlayfs rewrite (some make
+        // composefs C refuse the tree).
+        const TRICKY: &[(&[u8], &[u8])] = &[
+            (b"trusted.overlay.whiteouts", b"abc"),
+            (b"trusted.overlay.whiteout", b"zz"),
+            (b"trusted.overlay.opaque", b"xx"),
+            (b"user.overlay.whiteouts", b"q"),
+            (b"user.overlay.opaque", b"xx"),
+            (b"user.overlay.opaque", b""),
+            (b"user.overlay.whiteout", b""),
+            (b"trusted.overlay.metacopy", b"m"),
+        ];
+        let (n, v) = *r.pick(TRICKY);
+        out.push(Xattr {
+            name: n.to_vec(),
+            value: v.to_vec(),
+        });
+    }
     for i in 0..n {
         let (name, value) = if n > 20 {
             // Many xattrs: mostly shared-looking values.
