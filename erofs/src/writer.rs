@@ -46,8 +46,8 @@ pub const INLINE_CONTENT_MAX: u64 = 5000;
 pub const MAX_CHUNKS: u64 = 1024;
 /// Redirect payloads must be shorter than `PATH_MAX`.
 pub const REDIRECT_MAX: usize = 4095;
-/// Budget for xattrs added by the writer's rewrite pass
-/// (`LCFS_INODE_EXTERNAL_XATTR_MAX`).
+/// Per-inode xattr budget (`LCFS_INODE_EXTERNAL_XATTR_MAX`), for the tree's
+/// own xattrs and, separately, for those the rewrite pass adds.
 const REWRITE_XATTR_BUDGET: u64 = (u16::MAX / 2) as u64;
 /// An inode lists at most this many shared xattrs; later multi-use xattrs
 /// are stored inline (composefs C caps the count at `EROFS_XATTR_LONG_PREFIX`).
@@ -85,7 +85,7 @@ pub enum WriteError {
     BadVerity { path: String, len: usize },
     #[error("{path}: symlink target contains a NUL byte")]
     NulInSymlink { path: String },
-    #[error("{path}: xattrs do not fit in an inode")]
+    #[error("{path}: xattrs exceed composefs' per-inode size limit")]
     XattrsTooLarge { path: String },
     #[error("{path}: xattr rewrite for overlayfs exceeds the xattr size limit")]
     XattrRewrite { path: String },
@@ -323,6 +323,20 @@ fn prepare<'a>(tree: &'a Tree, opts: &WriteOptions) -> Result<Prepared<'a>, Writ
                 }
             },
         };
+        // composefs accepts at most UINT16_MAX/2 bytes of xattrs per inode,
+        // counted as 12 + sum(7 + name + value) (lcfs_node_set_xattr): no
+        // tree beyond that can reach its writer.
+        if !inode.xattrs.is_empty() {
+            let est: u64 = size_of::<XattrIbodyHeader>() as u64
+                + inode
+                    .xattrs
+                    .iter()
+                    .map(|x| 7 + x.name.len() as u64 + x.value.len() as u64)
+                    .sum::<u64>();
+            if est > REWRITE_XATTR_BUDGET {
+                return Err(WriteError::XattrsTooLarge { path: err_path() });
+            }
+        }
         let mut xattrs: Vec<Xa<'a>> = Vec::with_capacity(inode.xattrs.len());
         for x in &inode.xattrs {
             // User xattrs in the overlayfs namespace are escaped one level

@@ -473,6 +473,14 @@ fn error_cases() {
             "whiteouts_rewrite_budget" => {
                 assert_eq!(err, WriteError::XattrRewrite { path: "/d".into() })
             }
+            "xattr_budget_exceeded" => {
+                assert_eq!(
+                    err,
+                    WriteError::XattrsTooLarge {
+                        path: "/full".into()
+                    }
+                )
+            }
             _ => unreachable!(),
         }
     }
@@ -508,7 +516,7 @@ fn error_cases() {
         write_image(&t, &WriteOptions::default()),
         Err(WriteError::Tree(_))
     ));
-    // Too many inline xattrs for the 16-bit xattr count.
+    // Far beyond the per-inode xattr budget.
     let mut t = root_builder().finish().unwrap();
     for i in 0..5 {
         t.inodes[0].xattrs.push(erofs::Xattr {

@@ -576,6 +576,18 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
     }
     v.push(("shared_cap", b.finish().unwrap(), def));
 
+    // Exactly at composefs' per-inode xattr budget: 12 + 7 + 8 + 32740.
+    let mut b = root_builder();
+    b.add(
+        InodeId::ROOT,
+        b"full".to_vec(),
+        with_xattrs(
+            external(10, Some(b"aa/bb"), None),
+            &[(b"user.big", &[b'z'; 32740])],
+        ),
+    );
+    v.push(("xattr_budget_limit", b.finish().unwrap(), def));
+
     let mut b = root_builder();
     let mut big = dir();
     big.stat.uid = 70_000;
@@ -620,5 +632,14 @@ pub fn error_fixtures() -> Vec<(&'static str, Tree)> {
     );
     b.add(d, b"w".to_vec(), special(S_IFCHR, 0));
     v.push(("whiteouts_rewrite_budget", b.finish().unwrap()));
+
+    // One byte over the per-inode xattr budget.
+    let mut b = root_builder();
+    b.add(
+        InodeId::ROOT,
+        b"full".to_vec(),
+        with_xattrs(inline(b""), &[(b"user.big", &[b'z'; 32741])]),
+    );
+    v.push(("xattr_budget_exceeded", b.finish().unwrap()));
     v
 }
