@@ -111,6 +111,10 @@ const ORACLE_HASHES: &[(&str, &str)] = &[
         "ids_and_times",
         "0b7005b65940fca1b42508b7340d061c86b695ce27187dd6d18fc6c4ec8fb496",
     ),
+    (
+        "xattr_budget_limit",
+        "4d8aabc01fb254f0e995a94d8820cf6d51f566d6c3b41523b59ee40023254302",
+    ),
 ];
 
 fn fixture(name: &str) -> (Tree, WriteOptions) {
