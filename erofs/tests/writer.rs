@@ -610,3 +610,19 @@ fn large_tree_writes() {
     let nid = im.lookup(&[b"dir100", b"file-0010"]);
     assert_eq!(im.inode(nid).size, 4096 + 10);
 }
+
+#[test]
+fn entry_and_xattr_order_do_not_matter() {
+    for name in ["xattrs", "hardlinks", "nested_dirs", "whiteouts_default"] {
+        let (tree, opts) = fixture(name);
+        let want = write_image(&tree, &opts).unwrap();
+        let mut shuffled = tree.clone();
+        for inode in &mut shuffled.inodes {
+            inode.xattrs.reverse();
+            if let Content::Directory(entries) = &mut inode.content {
+                entries.reverse();
+            }
+        }
+        assert_eq!(write_image(&shuffled, &opts).unwrap(), want, "{name}");
+    }
+}
