@@ -986,8 +986,7 @@ fn emit(p: &Prepared, l: &Layout) -> Vec<u8> {
 
     // Inodes, allocating data blocks in inode order.
     let mut next_block = data_start / BLOCK_SIZE;
-    let mut block_of = vec![0u64; 0];
-    block_of.reserve(l.order.len());
+    let mut block_of: Vec<u64> = Vec::with_capacity(l.order.len());
     for (k, &ni) in l.order.iter().enumerate() {
         let node = &nodes[ni as usize];
         let ft = node.ftype();
@@ -1153,7 +1152,17 @@ fn emit(p: &Prepared, l: &Layout) -> Vec<u8> {
     out.buf
 }
 
-/// Writes the composefs image for `tree`.
+/// Writes the composefs image for `tree`: the same bytes composefs C 1.0.8
+/// `mkcomposefs` produces for the equivalent dumpfile and
+/// `--min-version/--max-version`.
+///
+/// The tree is validated first ([`Tree::validate`]); trees composefs would
+/// refuse (oversized inline content, more than [`MAX_CHUNKS`] chunks, xattrs
+/// beyond the per-inode budget, ...) give a [`WriteError`], never a panic.
+///
+/// One extension: a 64-byte (SHA-512) fs-verity digest is recorded in
+/// `trusted.overlay.metacopy` with algorithm id 2; composefs C only knows
+/// 32-byte SHA-256 digests.
 pub fn write_image(tree: &Tree, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
     tree.validate()?;
     let mut p = prepare(tree, opts)?;
