@@ -322,18 +322,18 @@ impl Tree {
             let base = dir_path[id.index()].clone().unwrap_or_default();
             let entries = self.inode(id).entries();
             for (k, e) in entries.iter().enumerate() {
-                let path = join_path(&base, &e.name);
-                check_name(&e.name).map_err(|why| TreeError::BadName {
-                    path: path.clone(),
-                    why,
-                })?;
+                // Paths are only built when reporting an error.
+                let path = || join_path(&base, &e.name);
+                check_name(&e.name).map_err(|why| TreeError::BadName { path: path(), why })?;
                 if k > 0 {
                     match entries[k - 1].name.cmp(&e.name) {
-                        std::cmp::Ordering::Equal => return Err(TreeError::Duplicate { path }),
+                        std::cmp::Ordering::Equal => {
+                            return Err(TreeError::Duplicate { path: path() })
+                        }
                         std::cmp::Ordering::Greater => {
                             // Unsorted directories are accepted only if no duplicates.
                             if entries.iter().filter(|o| o.name == e.name).count() > 1 {
-                                return Err(TreeError::Duplicate { path });
+                                return Err(TreeError::Duplicate { path: path() });
                             }
                         }
                         std::cmp::Ordering::Less => {}
@@ -341,39 +341,42 @@ impl Tree {
                 }
                 if e.inode.index() >= n || e.inode == InodeId::ROOT {
                     return Err(TreeError::DanglingEntry {
-                        path,
+                        path: path(),
                         inode: e.inode.0,
                     });
                 }
                 let target = self.inode(e.inode);
                 if e.hardlink {
                     if target.is_dir() {
-                        return Err(TreeError::DirectoryHardlink { path });
+                        return Err(TreeError::DirectoryHardlink { path: path() });
                     }
                     continue;
                 }
                 homes[e.inode.index()] += 1;
                 if homes[e.inode.index()] > 1 {
-                    return Err(TreeError::BadHome { path, homes: 2 });
+                    return Err(TreeError::BadHome {
+                        path: path(),
+                        homes: 2,
+                    });
                 }
                 if !seen[e.inode.index()] {
                     seen[e.inode.index()] = true;
                     if target.is_dir() {
-                        dir_path[e.inode.index()] = Some(path.clone());
+                        dir_path[e.inode.index()] = Some(path());
                     }
                     queue.push(e.inode);
                 }
                 self.validate_inode(target, &path)?;
             }
         }
-        self.validate_inode(self.root(), "/")?;
+        self.validate_inode(self.root(), &|| "/".to_string())?;
         if let Some(i) = seen.iter().position(|s| !s) {
             return Err(TreeError::Unreachable(i as u32));
         }
         Ok(())
     }
 
-    fn validate_inode(&self, inode: &Inode, path: &str) -> Result<(), TreeError> {
+    fn validate_inode(&self, inode: &Inode, path: &dyn Fn() -> String) -> Result<(), TreeError> {
         let mode = inode.stat.mode;
         let ok = match (mode & S_IFMT, &inode.content) {
             (S_IFDIR, Content::Directory(_)) => true,
@@ -381,32 +384,24 @@ impl Tree {
             (S_IFLNK, Content::Symlink(_)) => true,
             (S_IFCHR | S_IFBLK | S_IFIFO | S_IFSOCK, Content::Special) => true,
             (S_IFDIR | S_IFREG | S_IFLNK | S_IFCHR | S_IFBLK | S_IFIFO | S_IFSOCK, _) => false,
-            _ => {
-                return Err(TreeError::BadMode {
-                    path: path.into(),
-                    mode,
-                })
-            }
+            _ => return Err(TreeError::BadMode { path: path(), mode }),
         };
         if !ok {
-            return Err(TreeError::ContentMismatch {
-                path: path.into(),
-                mode,
-            });
+            return Err(TreeError::ContentMismatch { path: path(), mode });
         }
         match &inode.content {
             Content::Symlink(t) if t.is_empty() => {
-                return Err(TreeError::EmptySymlink { path: path.into() })
+                return Err(TreeError::EmptySymlink { path: path() })
             }
             Content::Symlink(t) if t.len() > SYMLINK_MAX => {
-                return Err(TreeError::LongSymlink { path: path.into() })
+                return Err(TreeError::LongSymlink { path: path() })
             }
             Content::Regular(File {
                 size,
                 data: FileData::Inline(d),
             }) if d.len() as u64 != *size => {
                 return Err(TreeError::InlineSize {
-                    path: path.into(),
+                    path: path(),
                     len: d.len(),
                     size: *size,
                 })
@@ -415,14 +410,14 @@ impl Tree {
         }
         for (i, x) in inode.xattrs.iter().enumerate() {
             if x.name.is_empty() || x.name.len() > 255 || x.name.contains(&0) {
-                return Err(TreeError::BadXattrName { path: path.into() });
+                return Err(TreeError::BadXattrName { path: path() });
             }
             if x.value.len() > u16::MAX as usize {
-                return Err(TreeError::LongXattrValue { path: path.into() });
+                return Err(TreeError::LongXattrValue { path: path() });
             }
             if inode.xattrs[..i].iter().any(|o| o.name == x.name) {
                 return Err(TreeError::DuplicateXattr {
-                    path: path.into(),
+                    path: path(),
                     name: String::from_utf8_lossy(&x.name).into_owned(),
                 });
             }

@@ -46,8 +46,8 @@ pub const INLINE_CONTENT_MAX: u64 = 5000;
 pub const MAX_CHUNKS: u64 = 1024;
 /// Redirect payloads must be shorter than `PATH_MAX`.
 pub const REDIRECT_MAX: usize = 4095;
-/// Budget for xattrs added by the writer's rewrite pass
-/// (`LCFS_INODE_EXTERNAL_XATTR_MAX`).
+/// Per-inode xattr budget (`LCFS_INODE_EXTERNAL_XATTR_MAX`), for the tree's
+/// own xattrs and, separately, for those the rewrite pass adds.
 const REWRITE_XATTR_BUDGET: u64 = (u16::MAX / 2) as u64;
 /// An inode lists at most this many shared xattrs; later multi-use xattrs
 /// are stored inline (composefs C caps the count at `EROFS_XATTR_LONG_PREFIX`).
@@ -85,7 +85,7 @@ pub enum WriteError {
     BadVerity { path: String, len: usize },
     #[error("{path}: symlink target contains a NUL byte")]
     NulInSymlink { path: String },
-    #[error("{path}: xattrs do not fit in an inode")]
+    #[error("{path}: xattrs exceed composefs' per-inode size limit")]
     XattrsTooLarge { path: String },
     #[error("{path}: xattr rewrite for overlayfs exceeds the xattr size limit")]
     XattrRewrite { path: String },
@@ -323,6 +323,20 @@ fn prepare<'a>(tree: &'a Tree, opts: &WriteOptions) -> Result<Prepared<'a>, Writ
                 }
             },
         };
+        // composefs accepts at most UINT16_MAX/2 bytes of xattrs per inode,
+        // counted as 12 + sum(7 + name + value) (lcfs_node_set_xattr): no
+        // tree beyond that can reach its writer.
+        if !inode.xattrs.is_empty() {
+            let est: u64 = size_of::<XattrIbodyHeader>() as u64
+                + inode
+                    .xattrs
+                    .iter()
+                    .map(|x| 7 + x.name.len() as u64 + x.value.len() as u64)
+                    .sum::<u64>();
+            if est > REWRITE_XATTR_BUDGET {
+                return Err(WriteError::XattrsTooLarge { path: err_path() });
+            }
+        }
         let mut xattrs: Vec<Xa<'a>> = Vec::with_capacity(inode.xattrs.len());
         for x in &inode.xattrs {
             // User xattrs in the overlayfs namespace are escaped one level
@@ -606,6 +620,32 @@ fn dir_size(dirents: &[DirentRef]) -> (u64, u64) {
     (blocks, used)
 }
 
+/// A small multiplicative hasher for the xattr table (keys are not
+/// attacker-controlled in a way that matters for a one-shot build, and
+/// SipHash dominated the profile on large trees).
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn layout(p: &mut Prepared, tree: &Tree) -> Result<Layout, WriteError> {
     // Breadth-first order over home entries.
     let mut order: Vec<u32> = Vec::with_capacity(p.nodes.len());
@@ -653,10 +693,12 @@ fn layout(p: &mut Prepared, tree: &Tree) -> Result<Layout, WriteError> {
     }
 
     // Shared xattrs: every (name, value) pair used by more than one inode.
-    let mut ids: HashMap<(&[u8], &[u8]), u32> = HashMap::new();
-    let mut first_use: Vec<(u32, u32)> = Vec::new();
-    let mut uses: Vec<u32> = Vec::new();
-    let mut xid: Vec<u32> = Vec::new();
+    let total_xattrs: usize = p.nodes.iter().map(|n| n.xattrs.len()).sum();
+    let mut ids: HashMap<(&[u8], &[u8]), u32, std::hash::BuildHasherDefault<FastHasher>> =
+        HashMap::with_capacity_and_hasher(total_xattrs, Default::default());
+    let mut first_use: Vec<(u32, u32)> = Vec::with_capacity(total_xattrs);
+    let mut uses: Vec<u32> = Vec::with_capacity(total_xattrs);
+    let mut xid: Vec<u32> = Vec::with_capacity(total_xattrs);
     let mut shared_start: Vec<u32> = Vec::with_capacity(order.len() + 1);
     for &ni in &order {
         shared_start.push(xid.len() as u32);
@@ -944,8 +986,7 @@ fn emit(p: &Prepared, l: &Layout) -> Vec<u8> {
 
     // Inodes, allocating data blocks in inode order.
     let mut next_block = data_start / BLOCK_SIZE;
-    let mut block_of = vec![0u64; 0];
-    block_of.reserve(l.order.len());
+    let mut block_of: Vec<u64> = Vec::with_capacity(l.order.len());
     for (k, &ni) in l.order.iter().enumerate() {
         let node = &nodes[ni as usize];
         let ft = node.ftype();
@@ -1111,7 +1152,17 @@ fn emit(p: &Prepared, l: &Layout) -> Vec<u8> {
     out.buf
 }
 
-/// Writes the composefs image for `tree`.
+/// Writes the composefs image for `tree`: the same bytes composefs C 1.0.8
+/// `mkcomposefs` produces for the equivalent dumpfile and
+/// `--min-version/--max-version`.
+///
+/// The tree is validated first ([`Tree::validate`]); trees composefs would
+/// refuse (oversized inline content, more than [`MAX_CHUNKS`] chunks, xattrs
+/// beyond the per-inode budget, ...) give a [`WriteError`], never a panic.
+///
+/// One extension: a 64-byte (SHA-512) fs-verity digest is recorded in
+/// `trusted.overlay.metacopy` with algorithm id 2; composefs C only knows
+/// 32-byte SHA-256 digests.
 pub fn write_image(tree: &Tree, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
     tree.validate()?;
     let mut p = prepare(tree, opts)?;

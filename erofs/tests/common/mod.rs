@@ -185,6 +185,25 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
         8 => 4 + r.below(10),
         _ => 130 + r.below(20), // more than the 0x80 shared cap
     };
+    if r.chance(4) {
+        // xattrs that collide with the overlayfs rewrite (some make
+        // composefs C refuse the tree).
+        const TRICKY: &[(&[u8], &[u8])] = &[
+            (b"trusted.overlay.whiteouts", b"abc"),
+            (b"trusted.overlay.whiteout", b"zz"),
+            (b"trusted.overlay.opaque", b"xx"),
+            (b"user.overlay.whiteouts", b"q"),
+            (b"user.overlay.opaque", b"xx"),
+            (b"user.overlay.opaque", b""),
+            (b"user.overlay.whiteout", b""),
+            (b"trusted.overlay.metacopy", b"m"),
+        ];
+        let (n, v) = *r.pick(TRICKY);
+        out.push(Xattr {
+            name: n.to_vec(),
+            value: v.to_vec(),
+        });
+    }
     for i in 0..n {
         let (name, value) = if n > 20 {
             // Many xattrs: mostly shared-looking values.
@@ -557,6 +576,18 @@ pub fn fixtures() -> Vec<(&'static str, Tree, erofs::WriteOptions)> {
     }
     v.push(("shared_cap", b.finish().unwrap(), def));
 
+    // Exactly at composefs' per-inode xattr budget: 12 + 7 + 8 + 32740.
+    let mut b = root_builder();
+    b.add(
+        InodeId::ROOT,
+        b"full".to_vec(),
+        with_xattrs(
+            external(10, Some(b"aa/bb"), None),
+            &[(b"user.big", &[b'z'; 32740])],
+        ),
+    );
+    v.push(("xattr_budget_limit", b.finish().unwrap(), def));
+
     let mut b = root_builder();
     let mut big = dir();
     big.stat.uid = 70_000;
@@ -601,5 +632,14 @@ pub fn error_fixtures() -> Vec<(&'static str, Tree)> {
     );
     b.add(d, b"w".to_vec(), special(S_IFCHR, 0));
     v.push(("whiteouts_rewrite_budget", b.finish().unwrap()));
+
+    // One byte over the per-inode xattr budget.
+    let mut b = root_builder();
+    b.add(
+        InodeId::ROOT,
+        b"full".to_vec(),
+        with_xattrs(inline(b""), &[(b"user.big", &[b'z'; 32741])]),
+    );
+    v.push(("xattr_budget_exceeded", b.finish().unwrap()));
     v
 }
