@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dumpfile;
 pub mod fsverity;
 pub mod mount;
+pub mod oci;
 pub mod repo;
 pub mod tree;
 
