@@ -262,8 +262,29 @@ fn c_str(b: &[u8]) -> &[u8] {
     }
 }
 
+/// Position of the first `needle` in `hay`, eight bytes at a time.
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&c| c == needle)
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        // The lowest flagged byte is exact: false positives only sit above a real match.
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(base + (found.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|i| base + i)
 }
 
 /// `split_at` of mkcomposefs: the part before `sep` (or all of it), and the
@@ -419,11 +440,14 @@ struct PendingLink {
     direct: Option<Slot>,
 }
 
-struct Parser {
+struct Parser<'a> {
     mode: ParseMode,
     builder: Option<TreeBuilder>,
-    /// Canonical path (no leading '/', single separators; root is empty) → node.
-    paths: FastMap<Vec<u8>, Slot>,
+    /// Canonical path (no leading '/', single separators; root is empty) →
+    /// node. Borrows from the input when the path needs no decoding.
+    paths: FastMap<std::borrow::Cow<'a, [u8]>, Slot>,
+    /// Expected number of files, to size the inode arena.
+    capacity_hint: usize,
     links: Vec<PendingLink>,
 }
 
@@ -433,6 +457,20 @@ struct Placement<'a> {
     key: std::borrow::Cow<'a, [u8]>,
     parent: InodeId,
     name: &'a [u8],
+}
+
+/// A placement key that lives as long as the input: a suffix of a path
+/// borrowed from the input stays borrowed.
+fn owned_key<'a>(
+    path: &std::borrow::Cow<'a, [u8]>,
+    key: std::borrow::Cow<'_, [u8]>,
+) -> std::borrow::Cow<'a, [u8]> {
+    match (path, key) {
+        (std::borrow::Cow::Borrowed(full), std::borrow::Cow::Borrowed(k)) if full.ends_with(k) => {
+            std::borrow::Cow::Borrowed(&full[full.len() - k.len()..])
+        }
+        (_, k) => std::borrow::Cow::Owned(k.into_owned()),
+    }
 }
 
 /// Splits a path into its canonical key (components joined by single '/').
@@ -458,7 +496,7 @@ fn canonical_key(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-impl Parser {
+impl<'a> Parser<'a> {
     fn lookup(&self, key: &[u8]) -> Option<Slot> {
         self.paths.get(key).copied()
     }
@@ -471,7 +509,7 @@ impl Parser {
     }
 
     /// Resolves where `path` goes (not the root), like `tree_add_node`.
-    fn place<'a>(&self, path: &'a [u8]) -> Result<Placement<'a>, DumpErrorKind> {
+    fn place<'p>(&self, path: &'p [u8]) -> Result<Placement<'p>, DumpErrorKind> {
         if self.builder.is_none() {
             return Err(DumpErrorKind::RootMissing);
         }
@@ -521,7 +559,7 @@ impl Parser {
         Ok(Placement { key, parent, name })
     }
 
-    fn line(&mut self, line_no: usize, line: &[u8]) -> Result<(), DumpError> {
+    fn line(&mut self, line_no: usize, line: &'a [u8]) -> Result<(), DumpError> {
         self.line_inner(line_no, line).map_err(|kind| DumpError {
             line: line_no,
             path: path_of_line(line),
@@ -529,7 +567,7 @@ impl Parser {
         })
     }
 
-    fn line_inner(&mut self, line_no: usize, line: &[u8]) -> Result<(), DumpErrorKind> {
+    fn line_inner(&mut self, line_no: usize, line: &'a [u8]) -> Result<(), DumpErrorKind> {
         let strict = self.mode == ParseMode::Strict;
         if let Some(off) = memchr(0, line) {
             return Err(DumpErrorKind::EmbeddedNul(off));
@@ -548,8 +586,11 @@ impl Parser {
         let f_digest = split_field(&mut rest, b' ');
         let xattr_area = rest;
 
-        let path_buf = unescape(f_path, Field::Path)?;
-        let path = c_str(&path_buf);
+        let path_buf: std::borrow::Cow<'a, [u8]> = match unescape(f_path, Field::Path)? {
+            std::borrow::Cow::Borrowed(b) => std::borrow::Cow::Borrowed(c_str(b)),
+            std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(c_str(&v).to_vec()),
+        };
+        let path: &[u8] = &path_buf;
         if path.is_empty() {
             return Err(DumpErrorKind::EmptyPath);
         }
@@ -595,7 +636,8 @@ impl Parser {
                 target,
                 direct: None,
             });
-            self.paths.insert(pl.key.into_owned(), Slot::Link(idx));
+            let key = owned_key(&path_buf, pl.key);
+            self.paths.insert(key, Slot::Link(idx));
             return Ok(());
         }
 
@@ -703,8 +745,10 @@ impl Parser {
             None => {
                 let mut b = TreeBuilder::new(stat);
                 b.tree_mut().inodes[0].xattrs = xattrs;
+                b.tree_mut().inodes.reserve(self.capacity_hint);
                 self.builder = Some(b);
-                self.paths.insert(Vec::new(), Slot::Inode(InodeId::ROOT));
+                self.paths
+                    .insert(std::borrow::Cow::Borrowed(&[]), Slot::Inode(InodeId::ROOT));
             }
             Some(pl) => {
                 let inode = Inode {
@@ -716,7 +760,8 @@ impl Parser {
                     return Err(DumpErrorKind::RootMissing);
                 };
                 let id = b.add(pl.parent, pl.name.to_vec(), inode);
-                self.paths.insert(pl.key.into_owned(), Slot::Inode(id));
+                let key = owned_key(&path_buf, pl.key);
+                self.paths.insert(key, Slot::Inode(id));
             }
         }
         Ok(())
@@ -824,7 +869,7 @@ fn parse_xattrs(mut area: &[u8]) -> Result<Vec<Xattr>, DumpErrorKind> {
             budget_used = if xattrs.is_empty() {
                 0
             } else {
-                budget_used - (2 * META - 1 + key.len() + old.value.len())
+                budget_used.saturating_sub(2 * META - 1 + key.len() + old.value.len())
             };
         }
         let mut entry = 2 * META - 1 + key.len() + value.len();
@@ -851,6 +896,7 @@ pub fn parse(input: &[u8], mode: ParseMode) -> Result<Tree, DumpError> {
         mode,
         builder: None,
         paths: FastMap::default(),
+        capacity_hint: input.len() / 128,
         links: Vec::new(),
     };
     // Rough capacity guess: one file per ~100 bytes.
@@ -1023,9 +1069,19 @@ fn push_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
-fn push_num(out: &mut Vec<u8>, v: impl fmt::Display) {
-    use std::io::Write as _;
-    let _ = write!(out, "{v}");
+/// Appends `v` in base 10 or 8 (`%llu` / `%o`).
+fn push_u64(out: &mut Vec<u8>, mut v: u64, base: u64) {
+    let mut digits = [0u8; 22];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % base) as u8;
+        v /= base;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Prints what `composefs-info dump` prints for the image `mkcomposefs`
@@ -1044,17 +1100,6 @@ pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> 
         ));
     }
     let valid = |id: InodeId| id.index() < n && id != InodeId::ROOT;
-    let sorted_entries = |id: InodeId| -> std::borrow::Cow<'_, [erofs::Entry]> {
-        let e = tree.inode(id).entries();
-        if e.is_sorted_by(|a, b| a.name <= b.name) {
-            std::borrow::Cow::Borrowed(e)
-        } else {
-            let mut v = e.to_vec();
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            std::borrow::Cow::Owned(v)
-        }
-    };
-
     // --- Writer side: parents by home entry, format version.
     let mut parent = vec![InodeId::ROOT; n];
     let mut reachable = vec![false; n];
@@ -1286,7 +1331,16 @@ pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> 
 
     // --- Print depth-first in name order; the first path of an inode is
     // where the loader puts it, later ones are hard links to it.
-    let mut first_path: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut refs = vec![0u32; n];
+    for inode in &tree.inodes {
+        for e in inode.entries() {
+            if valid(e.inode) {
+                refs[e.inode.index()] += 1;
+            }
+        }
+    }
+    let mut seen = vec![false; n];
+    let mut first_path: FastMap<u32, Vec<u8>> = FastMap::default();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     let line = |buf: &mut Vec<u8>, path: &[u8], id: InodeId, link_to: Option<&[u8]>| {
         let Some(l) = loaded[id.index()].as_ref() else {
@@ -1294,23 +1348,29 @@ pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> 
         };
         push_escaped(buf, if path.is_empty() { b"/" } else { path }, false, false);
         buf.push(b' ');
-        push_num(buf, l.size);
+        push_u64(buf, l.size, 10);
         buf.push(b' ');
         if link_to.is_some() {
             buf.push(b'@');
         }
-        push_num(buf, format_args!("{:o}", l.mode));
+        push_u64(buf, u64::from(l.mode), 8);
         buf.push(b' ');
-        push_num(buf, nlink_of(id));
+        push_u64(buf, u64::from(nlink_of(id)), 10);
         buf.push(b' ');
         let st = &tree.inode(id).stat;
-        push_num(
-            buf,
-            format_args!(
-                "{} {} {} {}.{} ",
-                st.uid, st.gid, l.rdev, st.mtime.sec, st.mtime.nsec
-            ),
-        );
+        push_u64(buf, u64::from(st.uid), 10);
+        buf.push(b' ');
+        push_u64(buf, u64::from(st.gid), 10);
+        buf.push(b' ');
+        push_u64(buf, l.rdev, 10);
+        buf.push(b' ');
+        if st.mtime.sec < 0 {
+            buf.push(b'-');
+        }
+        push_u64(buf, st.mtime.sec.unsigned_abs(), 10);
+        buf.push(b'.');
+        push_u64(buf, u64::from(st.mtime.nsec), 10);
+        buf.push(b' ');
         push_opt(buf, link_to.or(l.payload));
         buf.push(b' ');
         push_opt(buf, l.content.map(|c| &c[..(l.size as usize).min(c.len())]));
@@ -1333,33 +1393,48 @@ pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> 
         buf.push(b'\n');
     };
     line(&mut buf, b"", InodeId::ROOT, None);
-    first_path[0] = Some(b"/".to_vec());
-    // Explicit stack of (directory, its path, next entry index).
-    let mut stack: Vec<(std::borrow::Cow<'_, [erofs::Entry]>, Vec<u8>, usize)> =
-        vec![(sorted_entries(InodeId::ROOT), Vec::new(), 0)];
+    seen[0] = true;
+    // Name order of a directory's entries (None: already sorted).
+    let order_of = |id: InodeId| -> Option<Vec<u32>> {
+        let e = tree.inode(id).entries();
+        if e.is_sorted_by(|a, b| a.name <= b.name) {
+            None
+        } else {
+            let mut o: Vec<u32> = (0..e.len() as u32).collect();
+            o.sort_by(|&a, &b| e[a as usize].name.cmp(&e[b as usize].name));
+            Some(o)
+        }
+    };
+    // Explicit stack of (directory, entry order, next index, its path length).
+    let mut path: Vec<u8> = Vec::with_capacity(256);
+    let mut stack: Vec<(InodeId, Option<Vec<u32>>, usize, usize)> =
+        vec![(InodeId::ROOT, order_of(InodeId::ROOT), 0, 0)];
     while let Some(top) = stack.last_mut() {
-        let Some(e) = top.0.get(top.2).cloned() else {
+        let entries = tree.inode(top.0).entries();
+        if top.2 >= entries.len() {
             stack.pop();
             continue;
-        };
+        }
+        let e = &entries[top.1.as_ref().map_or(top.2, |o| o[top.2] as usize)];
         top.2 += 1;
+        path.truncate(top.3);
         if !valid(e.inode) || loaded[e.inode.index()].is_none() {
             continue;
         }
-        let mut path = top.1.clone();
         path.push(b'/');
         path.extend_from_slice(c_str(&e.name));
-        match &first_path[e.inode.index()] {
-            Some(target) => {
-                let target = target.clone();
-                line(&mut buf, &path, e.inode, Some(&target));
+        let i = e.inode.index();
+        if seen[i] {
+            let target = first_path.get(&e.inode.0).map_or(&b"/"[..], |p| &p[..]);
+            line(&mut buf, &path, e.inode, Some(target));
+        } else {
+            seen[i] = true;
+            line(&mut buf, &path, e.inode, None);
+            if refs[i] > 1 {
+                first_path.insert(e.inode.0, path.clone());
             }
-            None => {
-                line(&mut buf, &path, e.inode, None);
-                first_path[e.inode.index()] = Some(path.clone());
-                if tree.inode(e.inode).is_dir() {
-                    stack.push((sorted_entries(e.inode), path, 0));
-                }
+            if tree.inode(e.inode).is_dir() {
+                stack.push((e.inode, order_of(e.inode), 0, path.len()));
             }
         }
         if buf.len() >= 1 << 16 {
@@ -2295,6 +2370,59 @@ mod tests {
                 .kind,
             DumpErrorKind::XattrsTooBig(_)
         ));
+    }
+
+    #[test]
+    fn dumpfile_memchr_matches_naive() {
+        let hay: Vec<u8> = (0..200u32).map(|i| (i * 7 % 13) as u8 + b'a').collect();
+        for needle in 0..=255u8 {
+            for start in 0..20 {
+                let h = &hay[start..];
+                assert_eq!(memchr(needle, h), h.iter().position(|&c| c == needle));
+            }
+        }
+        assert_eq!(memchr(b'x', b""), None);
+        assert_eq!(memchr(0x80, b"\x7f\x00\x80\x81\x80"), Some(2));
+        assert_eq!(memchr(0, b"\x01\x01\x01\x01\x01\x01\x01\x00"), Some(7));
+    }
+
+    #[test]
+    #[ignore]
+    fn dumpfile_bench_breakdown() {
+        let d = conformance("cs9-x86_64-developer.dump.gz");
+        let time = |f: &dyn Fn() -> usize| {
+            let mut best = std::time::Duration::MAX;
+            let mut r = 0;
+            for _ in 0..15 {
+                let t0 = std::time::Instant::now();
+                r = f();
+                best = best.min(t0.elapsed());
+            }
+            (best, r)
+        };
+        eprintln!(
+            "split fields: {:?}",
+            time(&|| {
+                let mut n = 0;
+                let mut rest = &d[..];
+                while let Some(i) = memchr(b'\n', rest) {
+                    let mut line = &rest[..i];
+                    n += memchr(0, line).unwrap_or(0);
+                    for _ in 0..11 {
+                        n += split_field(&mut line, b' ').len();
+                    }
+                    rest = &rest[i + 1..];
+                }
+                n
+            })
+        );
+        eprintln!(
+            "full parse: {:?}",
+            time(&|| parse(&d, ParseMode::Strict).unwrap().inodes.len())
+        );
+        let t = parse(&d, ParseMode::Strict).unwrap();
+        eprintln!("clone tree: {:?}", time(&|| t.clone().inodes.len()));
+        eprintln!("print: {:?}", time(&|| printed(&t).len()));
     }
 
     #[test]
