@@ -1,5 +1,5 @@
 //! composefs-dump(5) dumpfiles: a parser ([`parse`]) that builds the same
-//! tree `mkcomposefs --from-file` builds, and a printer ([`print`]) that
+//! tree `mkcomposefs --from-file` builds, and a printer ([`print()`]) that
 //! writes what `composefs-info dump` prints for an image of a tree.
 //!
 //! # Format
@@ -38,6 +38,27 @@
 //! the SIZE of a device/fifo/socket (C only uses it to pick an extended
 //! inode when it exceeds 4 GiB) and the CONTENT/PAYLOAD/DIGEST fields of
 //! files that do not use them (C ignores them when writing).
+
+//! # Printer
+//!
+//! [`print()`] emulates both halves of `mkcomposefs` + `composefs-info dump`:
+//! the writer's xattr layout (escaping of `trusted.overlay.*`, the
+//! metacopy/redirect/whiteout/opaque xattrs it adds, the `00`..`ff` root
+//! whiteouts, which xattrs are shared, inline-then-shared order) and the
+//! loader's reading of it (hidden xattrs, whiteout conversion, directory
+//! sizes, recomputed directory link counts, depth-first order where the
+//! first path of an inode holds it and later ones are `@` links). Its output
+//! is byte-identical to composefs-info 1.0.8 on every conformance case.
+//! Known and deliberate difference: for a backing path whose length is 3
+//! mod 4, composefs-info 1.0.8 appends up to two bytes read past the end of
+//! the `trusted.overlay.redirect` value (a bug in its loader); we print the
+//! path itself, so that dump → parse → image stays the identity.
+//!
+//! A tree is *canonical* for `parse(print(t)) == t` when its inodes are
+//! numbered in depth-first name order with each inode's first path as its
+//! home, directory NLINK is 2 + subdirectories, regular files of size 0
+//! are `Inline(vec![])`, and nothing the loader hides or adds (overlay
+//! xattrs, opaque marks of whiteout directories) is present.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -1090,7 +1111,7 @@ pub fn print(tree: &Tree, out: &mut impl io::Write) -> io::Result<()> {
     print_with(tree, PrintOptions::default(), out)
 }
 
-/// [`print`] for an image written with explicit format versions.
+/// [`print()`] for an image written with explicit format versions.
 pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> io::Result<()> {
     let n = tree.inodes.len();
     if n == 0 || !tree.root().is_dir() {
