@@ -1111,6 +1111,20 @@ pub fn print(tree: &Tree, out: &mut impl io::Write) -> io::Result<()> {
     print_with(tree, PrintOptions::default(), out)
 }
 
+/// Prints an image read back from disk: what `composefs-info dump` shows
+/// for it (the image's own format version decides what the writer added).
+pub fn print_image(image: &erofs::ReadImage, out: &mut impl io::Write) -> io::Result<()> {
+    let v = image.version.min(1);
+    print_with(
+        &image.tree,
+        PrintOptions {
+            min_version: v,
+            max_version: v,
+        },
+        out,
+    )
+}
+
 /// [`print()`] for an image written with explicit format versions.
 pub fn print_with(tree: &Tree, opts: PrintOptions, out: &mut impl io::Write) -> io::Result<()> {
     let n = tree.inodes.len();

@@ -91,7 +91,7 @@ fn images_survive_read_write_and_dump_rebuild() {
         assert!(again == image, "{name}: read → write changed the image");
 
         let mut dump = Vec::new();
-        dumpfile::print(&read.tree, &mut dump).unwrap();
+        dumpfile::print_image(&read, &mut dump).unwrap();
         let reparsed = dumpfile::parse(&dump, ParseMode::Strict)
             .unwrap_or_else(|e| panic!("{name}: re-parse of our own dump: {e}"));
         let rebuilt = erofs::write_image(&reparsed, &opts(version)).unwrap();

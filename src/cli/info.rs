@@ -84,7 +84,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         }
         match args.command {
             Command::Ls => ls(&image.tree, InodeId::ROOT, &mut Vec::new(), &mut out)?,
-            Command::Dump => dumpfile::print(&image.tree, &mut out)?,
+            Command::Dump => dumpfile::print_image(&image, &mut out)?,
             Command::Objects | Command::MissingObjects => {
                 for inode in &image.tree.inodes {
                     if let Content::Regular(erofs::File {

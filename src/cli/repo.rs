@@ -150,7 +150,7 @@ pub fn dump(g: &Global, name: &str) -> Result<()> {
     let id = repo.resolve(name)?;
     let image = repo.read_image(&id)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    dumpfile::print(&image.tree, &mut out)?;
+    dumpfile::print_image(&image, &mut out)?;
     out.flush()?;
     Ok(())
 }
