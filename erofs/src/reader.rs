@@ -190,6 +190,8 @@ struct Reader<'a> {
     /// Whether each tree inode was a whiteout stored as an escaped regular file.
     whiteout: Vec<bool>,
     seen: HashMap<u64, Seen>,
+    /// Skipped whiteouts in the root directory (name, nid), for [`assign_homes`].
+    phantoms: Vec<(Vec<u8>, u64)>,
     shared_cache: HashMap<u32, (Vec<u8>, Vec<u8>)>,
 }
 
@@ -256,6 +258,7 @@ impl<'a> Reader<'a> {
             nids: Vec::new(),
             whiteout: Vec::new(),
             seen: HashMap::new(),
+            phantoms: Vec::new(),
             shared_cache: HashMap::new(),
         })
     }
@@ -756,7 +759,12 @@ impl<'a> Reader<'a> {
             let mut entries = Vec::with_capacity(children.len());
             for (name, nid) in children {
                 let id = match self.seen.get(&nid) {
-                    Some(Seen::Skipped) => continue,
+                    Some(Seen::Skipped) => {
+                        if dir_id == InodeId::ROOT {
+                            self.phantoms.push((name, nid));
+                        }
+                        continue;
+                    }
                     Some(Seen::Inode(id)) => {
                         if self.tree.inodes[id.index()].is_dir() {
                             return Err(ReadError::Entry {
@@ -773,7 +781,12 @@ impl<'a> Reader<'a> {
                         let seen = self.load_inode(nid)?;
                         self.seen.insert(nid, seen);
                         match seen {
-                            Seen::Skipped => continue,
+                            Seen::Skipped => {
+                                if dir_id == InodeId::ROOT {
+                                    self.phantoms.push((name, nid));
+                                }
+                                continue;
+                            }
                             Seen::Inode(id) => {
                                 if self.tree.inodes[id.index()].is_dir() {
                                     queue.push_back((id, nid));
@@ -803,7 +816,7 @@ impl<'a> Reader<'a> {
     }
 
     fn finish(mut self) -> Result<ReadImage> {
-        assign_homes(&mut self.tree, &self.nids);
+        assign_homes(&mut self.tree, &self.nids, &self.phantoms);
         if self.composefs {
             self.strip_whiteout_markers();
         }
@@ -841,51 +854,82 @@ impl<'a> Reader<'a> {
 /// Chooses each inode's home entry. composefs writers store inodes in
 /// breadth-first order over home entries with children sorted by name, so
 /// walking the tree that way, an entry is the home of its inode exactly when
-/// that inode is the next one (by nid) not yet placed. If the image does not
-/// follow that order (e.g. mkfs.erofs output), the first entry seen in the
-/// same walk becomes the home instead.
-fn assign_homes(tree: &mut Tree, nids: &[u64]) {
-    if !assign_homes_by(tree, nids, true) {
-        assign_homes_by(tree, nids, false);
+/// that inode is the next one (by nid) not yet placed. The root's real
+/// whiteouts, left out of the tree but re-added by the writer at the same
+/// names, take part in the walk as placeholders (`phantoms`: name, nid), since
+/// they hold nids between the tree's inodes. If the image does not follow
+/// that order (e.g. mkfs.erofs output), the first entry seen in the same walk
+/// becomes the home instead.
+fn assign_homes(tree: &mut Tree, nids: &[u64], phantoms: &[(Vec<u8>, u64)]) {
+    if !assign_homes_by(tree, nids, phantoms, true) {
+        assign_homes_by(tree, nids, &[], false);
     }
 }
 
-fn assign_homes_by(tree: &mut Tree, nids: &[u64], nid_order: bool) -> bool {
+fn assign_homes_by(
+    tree: &mut Tree,
+    nids: &[u64],
+    phantoms: &[(Vec<u8>, u64)],
+    nid_order: bool,
+) -> bool {
     let n = tree.inodes.len();
+    // Slots 0..n are tree inodes, n.. the phantoms.
+    let total = n + phantoms.len();
+    let nid_of = |i: usize| if i < n { nids[i] } else { phantoms[i - n].1 };
     let is_dir: Vec<bool> = tree.inodes.iter().map(|i| i.is_dir()).collect();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| nids[i]);
+    let mut order: Vec<usize> = (0..total).collect();
+    order.sort_by_key(|&i| nid_of(i));
     if nid_order && order.first() != Some(&0) {
         return false;
     }
-    let mut placed = vec![false; n];
+    let mut placed = vec![false; total];
     placed[0] = true;
     let mut next = 1;
     let mut queue = VecDeque::from([0usize]);
+    let mut homes: Vec<bool> = Vec::new();
     while let Some(d) = queue.pop_front() {
-        let Content::Directory(entries) = &mut tree.inodes[d].content else {
-            continue;
-        };
-        for e in entries.iter_mut() {
-            let t = e.inode.index();
+        let entries = tree.inodes[d].entries();
+        // Merge the phantoms (root only) into the entries, by name.
+        let mut items: Vec<(&[u8], usize, bool)> = entries
+            .iter()
+            .map(|e| (e.name.as_slice(), e.inode.index(), true))
+            .collect();
+        if d == 0 && !phantoms.is_empty() {
+            items.extend(
+                phantoms
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (name, _))| (name.as_slice(), n + j, false)),
+            );
+            items.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        homes.clear();
+        for &(_, t, real) in &items {
             let home = if nid_order {
-                !placed[t] && next < n && order[next] == t
+                !placed[t] && next < total && order[next] == t
             } else {
                 !placed[t]
             };
-            e.hardlink = !home;
             if home {
                 placed[t] = true;
                 next += 1;
-                if is_dir[t] {
+                if t < n && is_dir[t] {
                     queue.push_back(t);
                 }
-            } else if nid_order && is_dir[t] {
+            } else if nid_order && (!real || is_dir[t]) {
                 return false;
+            }
+            if real {
+                homes.push(home);
+            }
+        }
+        if let Content::Directory(entries) = &mut tree.inodes[d].content {
+            for (e, &home) in entries.iter_mut().zip(&homes) {
+                e.hardlink = !home;
             }
         }
     }
-    !nid_order || next == n
+    !nid_order || next == total
 }
 
 #[cfg(test)]
