@@ -97,6 +97,9 @@ fn nid_prefix(nid: &Option<u64>) -> String {
 
 type Result<T> = std::result::Result<T, ReadError>;
 
+/// An xattr as stored: full name, value, shared xattr id (None when inline).
+pub(crate) type RawXattr = (Vec<u8>, Vec<u8>, Option<u32>);
+
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 const ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 const METACOPY: &[u8] = b"trusted.overlay.metacopy";
@@ -132,21 +135,21 @@ pub fn read_image(bytes: &[u8]) -> Result<ReadImage> {
 
 /// One parsed on-disk inode header.
 #[derive(Debug, Clone)]
-struct RawInode {
-    nid: u64,
-    offset: u64,
+pub(crate) struct RawInode {
+    pub(crate) nid: u64,
+    pub(crate) offset: u64,
     /// Size of the inode core (32 or 64).
-    isize: u64,
-    layout: u16,
-    xattr_icount: u16,
-    mode: u32,
-    nlink: u32,
-    size: u64,
+    pub(crate) isize: u64,
+    pub(crate) layout: u16,
+    pub(crate) xattr_icount: u16,
+    pub(crate) mode: u32,
+    pub(crate) nlink: u32,
+    pub(crate) size: u64,
     /// `i_u`: raw block address, rdev or chunk info depending on type/layout.
-    i_u: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timespec,
+    pub(crate) i_u: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: Timespec,
 }
 
 impl RawInode {
@@ -172,16 +175,16 @@ enum Seen {
     Skipped,
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     image_len: u64,
     meta_base: u64,
     xattr_base: u64,
     build_time: Timespec,
-    root_nid: u64,
+    pub(crate) root_nid: u64,
     /// composefs header present: undo the overlay xattr rewrite.
-    composefs: bool,
-    version: u32,
+    pub(crate) composefs: bool,
+    pub(crate) version: u32,
     budget: u64,
     limit: u64,
     tree: Tree,
@@ -196,7 +199,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self> {
         let image_len = bytes.len() as u64;
         let sb_end = SUPER_OFFSET as usize + size_of::<Superblock>();
         if bytes.len() < sb_end {
@@ -316,7 +319,7 @@ impl<'a> Reader<'a> {
             })
     }
 
-    fn read_raw_inode(&self, nid: u64) -> Result<RawInode> {
+    pub(crate) fn read_raw_inode(&self, nid: u64) -> Result<RawInode> {
         let offset = self.inode_offset(nid)?;
         let c: InodeCompact = self.get_struct(Some(nid), "inode", offset)?;
         let format = c.i_format.get();
@@ -373,7 +376,7 @@ impl<'a> Reader<'a> {
     /// inline tail). Per the kernel's flat-mode mapping, an inline inode keeps
     /// all but its last block in blocks from `raw_blkaddr` and the rest right
     /// after its xattrs, within the inode's own metadata block.
-    fn flat_data(&self, ino: &RawInode) -> Result<(&'a [u8], &'a [u8])> {
+    pub(crate) fn flat_data(&self, ino: &RawInode) -> Result<(&'a [u8], &'a [u8])> {
         let nid = Some(ino.nid);
         match ino.layout {
             LAYOUT_FLAT_PLAIN => {
@@ -463,7 +466,8 @@ impl<'a> Reader<'a> {
     }
 
     /// All xattrs of an inode, inline then shared, with their stored names.
-    fn raw_xattrs(&mut self, ino: &RawInode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// Shared ones carry their shared xattr id.
+    pub(crate) fn raw_xattrs(&mut self, ino: &RawInode) -> Result<Vec<RawXattr>> {
         let size = ino.xattr_size();
         if size == 0 {
             return Ok(Vec::new());
@@ -489,7 +493,7 @@ impl<'a> Reader<'a> {
                     "inline xattr at offset {pos:#x} runs past the xattr area end {end:#x}"
                 )));
             }
-            out.push((name, value));
+            out.push((name, value, None));
             pos = next;
         }
         for i in 0..shared {
@@ -511,7 +515,7 @@ impl<'a> Reader<'a> {
                     (n, v)
                 }
             };
-            out.push((name, value));
+            out.push((name, value, Some(id)));
         }
         Ok(out)
     }
@@ -542,7 +546,7 @@ impl<'a> Reader<'a> {
         let mut metacopy = None;
         let mut redirect = None;
         let mut is_whiteout = false;
-        for (name, value) in raw {
+        for (name, value, _) in raw {
             if !self.composefs {
                 xattrs.push(Xattr { name, value });
                 continue;
@@ -653,7 +657,7 @@ impl<'a> Reader<'a> {
 
     /// Reads every directory block of `dir` and returns (name, nid) pairs
     /// without `.` and `..`.
-    fn read_dir(&mut self, dir_nid: u64) -> Result<Vec<(Vec<u8>, u64)>> {
+    pub(crate) fn read_dir(&mut self, dir_nid: u64, dots: bool) -> Result<Vec<(Vec<u8>, u64)>> {
         let ino = self.read_raw_inode(dir_nid)?;
         let (head, tail) = self.flat_data(&ino)?;
         let nblocks = ino.size.div_ceil(BLOCK_SIZE);
@@ -666,7 +670,7 @@ impl<'a> Reader<'a> {
             } else {
                 tail
             };
-            self.read_dir_block(dir_nid, b, block, &mut out)?;
+            self.read_dir_block(dir_nid, b, block, dots, &mut out)?;
         }
         Ok(out)
     }
@@ -676,6 +680,7 @@ impl<'a> Reader<'a> {
         dir: u64,
         block_no: u64,
         block: &[u8],
+        dots: bool,
         out: &mut Vec<(Vec<u8>, u64)>,
     ) -> Result<()> {
         let bad = |reason: String| ReadError::DirBlock {
@@ -721,6 +726,9 @@ impl<'a> Reader<'a> {
                 }
             }
             if name == b"." || name == b".." {
+                if dots {
+                    out.push((name.to_vec(), d.nid.get()));
+                }
                 continue;
             }
             if name.len() > NAME_MAX {
@@ -755,7 +763,7 @@ impl<'a> Reader<'a> {
         }
         let mut queue = VecDeque::from([(InodeId::ROOT, root_nid)]);
         while let Some((dir_id, dir_nid)) = queue.pop_front() {
-            let children = self.read_dir(dir_nid)?;
+            let children = self.read_dir(dir_nid, false)?;
             let mut entries = Vec::with_capacity(children.len());
             for (name, nid) in children {
                 let id = match self.seen.get(&nid) {
