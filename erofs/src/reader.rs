@@ -104,7 +104,7 @@ const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 const ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 const METACOPY: &[u8] = b"trusted.overlay.metacopy";
 const REDIRECT: &[u8] = b"trusted.overlay.redirect";
-const ESCAPED_WHITEOUT: &[u8] = b"trusted.overlay.overlay.whiteout";
+const WHITEOUT_UNESCAPED: &[u8] = b"trusted.overlay.whiteout";
 // Names after unescaping (`trusted.overlay.overlay.X` → `trusted.overlay.X`).
 const WHITEOUTS_UNESCAPED: &[u8] = b"trusted.overlay.whiteouts";
 const OPAQUE_UNESCAPED: &[u8] = b"trusted.overlay.opaque";
@@ -190,7 +190,8 @@ pub(crate) struct Reader<'a> {
     tree: Tree,
     /// nid of each tree inode.
     nids: Vec<u64>,
-    /// Whether each tree inode was a whiteout stored as an escaped regular file.
+    /// Whether each tree inode may be a whiteout stored as an escaped regular
+    /// file (see [`Reader::restore_whiteouts`]).
     whiteout: Vec<bool>,
     seen: HashMap<u64, Seen>,
     /// Skipped whiteouts in the root directory (name, nid), for [`assign_homes`].
@@ -534,7 +535,7 @@ impl<'a> Reader<'a> {
             return Ok(Seen::Skipped);
         }
         let raw = self.raw_xattrs(&ino)?;
-        let mut stat = Stat {
+        let stat = Stat {
             mode: ino.mode,
             uid: ino.uid,
             gid: ino.gid,
@@ -545,7 +546,6 @@ impl<'a> Reader<'a> {
         let mut xattrs = Vec::with_capacity(raw.len());
         let mut metacopy = None;
         let mut redirect = None;
-        let mut is_whiteout = false;
         for (name, value, _) in raw {
             if !self.composefs {
                 xattrs.push(Xattr { name, value });
@@ -560,8 +560,6 @@ impl<'a> Reader<'a> {
                 if ftype == S_IFREG {
                     redirect = Some(value);
                 }
-            } else if name == ESCAPED_WHITEOUT && ftype == S_IFREG {
-                is_whiteout = true;
             } else if let Some(rest) = name.strip_prefix(ESCAPED_PREFIX) {
                 let mut n = OVERLAY_PREFIX.to_vec();
                 n.extend_from_slice(rest);
@@ -587,14 +585,6 @@ impl<'a> Reader<'a> {
                     return Err(ino.err("symlink target contains a NUL byte"));
                 }
                 Content::Symlink(target)
-            }
-            S_IFREG if is_whiteout => {
-                // The writer stores a whiteout (char device 0:0) as an empty
-                // regular file carrying the escaped whiteout xattr.
-                stat.mode = (stat.mode & !S_IFMT) | S_IFCHR;
-                stat.rdev = 0;
-                xattrs.retain(|x| x.name != USER_WHITEOUT);
-                Content::Special
             }
             S_IFREG => {
                 let external = metacopy.is_some()
@@ -644,6 +634,14 @@ impl<'a> Reader<'a> {
             }
             _ => Content::Special,
         };
+        // The writer stores a whiteout (char device 0:0) as an empty regular
+        // file with both whiteout xattrs set to ""; whether this one is such
+        // a whiteout is decided once its parent's markers are known.
+        let candidate = self.composefs
+            && ftype == S_IFREG
+            && ino.size == 0
+            && has_xattr(&xattrs, WHITEOUT_UNESCAPED, b"")
+            && has_xattr(&xattrs, USER_WHITEOUT, b"");
         self.charge(OVERHEAD)?;
         let id = self.tree.push_inode(Inode {
             stat,
@@ -651,12 +649,12 @@ impl<'a> Reader<'a> {
             content,
         });
         self.nids.push(nid);
-        self.whiteout.push(is_whiteout);
+        self.whiteout.push(candidate);
         Ok(Seen::Inode(id))
     }
 
-    /// Reads every directory block of `dir` and returns (name, nid) pairs
-    /// without `.` and `..`.
+    /// Reads every directory block of `dir` and returns its (name, nid)
+    /// pairs; `.` and `..` only when `dots` is set.
     pub(crate) fn read_dir(&mut self, dir_nid: u64, dots: bool) -> Result<Vec<(Vec<u8>, u64)>> {
         let ino = self.read_raw_inode(dir_nid)?;
         let (head, tail) = self.flat_data(&ino)?;
@@ -826,7 +824,7 @@ impl<'a> Reader<'a> {
     fn finish(mut self) -> Result<ReadImage> {
         assign_homes(&mut self.tree, &self.nids, &self.phantoms);
         if self.composefs {
-            self.strip_whiteout_markers();
+            self.restore_whiteouts();
         }
         self.tree.validate()?;
         Ok(ReadImage {
@@ -835,20 +833,45 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Drops the markers the composefs writer puts on a directory holding
-    /// whiteouts (escaped and user `whiteouts`, and from version 1 the
-    /// `opaque` "x" pair); the writer adds them again on re-write. Markers on
-    /// directories without whiteouts came from the source and are kept.
-    fn strip_whiteout_markers(&mut self) {
+    /// Turns the writer's escaped whiteouts back into char devices 0:0 and
+    /// drops the markers the writer puts on their directory (`whiteouts` in
+    /// both namespaces, and from version 1 the `opaque` "x" pair). A
+    /// candidate file (see `load_inode`) is taken for a whiteout only when
+    /// its home directory carries all those markers, as every writer-made
+    /// whiteout's directory does; otherwise the file and the directory keep
+    /// their xattrs, which then came from the source tree.
+    fn restore_whiteouts(&mut self) {
+        let v1 = self.version >= 1;
         for d in 0..self.tree.inodes.len() {
-            let has_whiteout = self.tree.inodes[d]
-                .entries()
-                .iter()
-                .any(|e| !e.hardlink && self.whiteout[e.inode.index()]);
-            if !has_whiteout {
+            let dir = &self.tree.inodes[d];
+            if !dir.is_dir() {
                 continue;
             }
-            let v1 = self.version >= 1;
+            let marked = has_xattr(&dir.xattrs, WHITEOUTS_UNESCAPED, b"")
+                && has_xattr(&dir.xattrs, USER_WHITEOUTS, b"")
+                && (!v1
+                    || (has_xattr(&dir.xattrs, OPAQUE_UNESCAPED, b"x")
+                        && has_xattr(&dir.xattrs, USER_OPAQUE, b"x")));
+            if !marked {
+                continue;
+            }
+            let whiteouts: Vec<InodeId> = dir
+                .entries()
+                .iter()
+                .filter(|e| !e.hardlink && self.whiteout[e.inode.index()])
+                .map(|e| e.inode)
+                .collect();
+            if whiteouts.is_empty() {
+                continue;
+            }
+            for id in whiteouts {
+                let w = &mut self.tree.inodes[id.index()];
+                w.stat.mode = (w.stat.mode & !S_IFMT) | S_IFCHR;
+                w.stat.rdev = 0;
+                w.content = Content::Special;
+                w.xattrs
+                    .retain(|x| x.name != WHITEOUT_UNESCAPED && x.name != USER_WHITEOUT);
+            }
             self.tree.inodes[d].xattrs.retain(|x| {
                 let n = x.name.as_slice();
                 !(n == WHITEOUTS_UNESCAPED
@@ -857,6 +880,10 @@ impl<'a> Reader<'a> {
             });
         }
     }
+}
+
+fn has_xattr(xattrs: &[Xattr], name: &[u8], value: &[u8]) -> bool {
+    xattrs.iter().any(|x| x.name == name && x.value == value)
 }
 
 /// Chooses each inode's home entry. composefs writers store inodes in

@@ -280,6 +280,7 @@ mod hostile {
     /// Reading must never panic; any error is fine.
     fn no_panic(bytes: &[u8]) {
         let _ = read_image(bytes);
+        let _ = erofs::debug::dump_image(bytes);
     }
 
     #[test]
