@@ -277,17 +277,20 @@ mod hostile {
         BIGFILE_ACL,
     ];
 
-    /// Reading must never panic; any error is fine.
-    fn no_panic(bytes: &[u8]) {
+    /// Reading must never panic; any error is fine. The debug dump (slower)
+    /// is exercised on a subset.
+    fn no_panic(bytes: &[u8], dump: bool) {
         let _ = read_image(bytes);
-        let _ = erofs::debug::dump_image(bytes);
+        if dump {
+            let _ = erofs::debug::dump_image(bytes);
+        }
     }
 
     #[test]
     fn truncated_at_every_offset() {
         for &f in &[HARDLINKS, SPECIAL_V1] {
             for len in 0..f.len() {
-                no_panic(&f[..len]);
+                no_panic(&f[..len], len % 16 == 0);
             }
         }
     }
@@ -302,7 +305,7 @@ mod hostile {
             for i in 0..b.len().min(blocks * 4096) {
                 for &mask in masks {
                     b[i] ^= mask;
-                    no_panic(&b);
+                    no_panic(&b, i % 16 == 0);
                     b[i] ^= mask;
                 }
             }
@@ -329,7 +332,7 @@ mod hostile {
             if truncate {
                 b.truncate(cut.index(b.len()));
             }
-            no_panic(&b);
+            no_panic(&b, true);
         }
     }
 
