@@ -7,6 +7,27 @@
 //! `lcfs-writer-erofs.c`), and its own reader (`lcfs_build_node_from_image`)
 //! was consulted for which xattrs are dropped or unescaped.
 //!
+//! For composefs images (header at offset 0) the writer's overlayfs rewrite
+//! is undone so that reading and writing again gives the same bytes:
+//! - `trusted.overlay.metacopy` on a regular file makes it
+//!   [`FileData::External`], its digest (after the 4-byte header) the
+//!   `verity` (an empty value: none); `trusted.overlay.redirect` minus the
+//!   leading `/` is the `redirect`; chunk-based files are external too; other
+//!   regular files are [`FileData::Inline`];
+//! - escaped `trusted.overlay.overlay.X` becomes `trusted.overlay.X`; other
+//!   unescaped `trusted.overlay.*` (the root's `opaque`) were added by the
+//!   writer and are dropped;
+//! - real char devices 0:0 (the writer's `00`..`ff` root whiteouts) are left
+//!   out, like composefs C's reader does; an empty regular file with the
+//!   escaped whiteout and `user.overlay.whiteout` (both "") in a directory
+//!   with the writer's markers becomes a whiteout (char device 0:0) again and
+//!   the markers are dropped (see [`Reader::restore_whiteouts`]);
+//! - each inode's home entry is chosen so that the writer's inode order
+//!   reproduces the image's nid order (see [`assign_homes`]).
+//!
+//! Plain EROFS images (no composefs header, `version` 0, e.g. from
+//! `mkfs.erofs`) are read as stored: xattrs untouched, file data inline.
+//!
 //! The input is untrusted: every offset is bounds-checked with overflow-safe
 //! arithmetic, every directory may be visited once (so loops are rejected),
 //! and the bytes the tree may hold are capped relative to the image length
