@@ -21,9 +21,9 @@
 //!   out, like composefs C's reader does; an empty regular file with the
 //!   escaped whiteout and `user.overlay.whiteout` (both "") in a directory
 //!   with the writer's markers becomes a whiteout (char device 0:0) again and
-//!   the markers are dropped (see [`Reader::restore_whiteouts`]);
+//!   the markers are dropped (see `Reader::restore_whiteouts`);
 //! - each inode's home entry is chosen so that the writer's inode order
-//!   reproduces the image's nid order (see [`assign_homes`]).
+//!   reproduces the image's nid order (see `assign_homes`).
 //!
 //! Plain EROFS images (no composefs header, `version` 0, e.g. from
 //! `mkfs.erofs`) are read as stored: xattrs untouched, file data inline.
@@ -212,7 +212,7 @@ pub(crate) struct Reader<'a> {
     /// nid of each tree inode.
     nids: Vec<u64>,
     /// Whether each tree inode may be a whiteout stored as an escaped regular
-    /// file (see [`Reader::restore_whiteouts`]).
+    /// file (see `Reader::restore_whiteouts`).
     whiteout: Vec<bool>,
     seen: HashMap<u64, Seen>,
     /// Skipped whiteouts in the root directory (name, nid), for [`assign_homes`].
