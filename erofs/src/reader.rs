@@ -40,9 +40,10 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::format::{
     ComposefsHeader, Dirent, InodeCompact, InodeExtended, Superblock, XattrEntry, XattrIbodyHeader,
-    BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, I_DATALAYOUT_BIT,
-    I_DATALAYOUT_MASK, I_VERSION_MASK, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN,
-    SLOT_BITS, SUPER_MAGIC_V1, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
+    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES,
+    COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, I_DATALAYOUT_BIT, I_DATALAYOUT_MASK, I_VERSION_MASK,
+    LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, SLOT_BITS,
+    SUPER_MAGIC_V1, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
     XATTR_LONG_PREFIX, XATTR_PREFIXES,
 };
 use crate::tree::{
@@ -447,6 +448,58 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    /// The data of a chunk-based file in a plain EROFS image (composefs
+    /// uses chunk-based files only for external data). Per `erofs_fs.h`, the
+    /// chunk table follows the inode's xattrs, aligned to its entry size:
+    /// 4-byte block addresses, or 8-byte indexes (advise, device id, block
+    /// address) when `CHUNK_FORMAT_INDEXES` is set; `NULL_ADDR` is a hole.
+    fn chunk_bytes(&mut self, ino: &RawInode) -> Result<Vec<u8>> {
+        let nid = Some(ino.nid);
+        let format = (ino.i_u & 0xffff) as u16;
+        if format & !(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES) != 0 {
+            return Err(ReadError::Unsupported {
+                nid: ino.nid,
+                what: format!("chunk format {format:#x}"),
+            });
+        }
+        let chunk_bits = u32::from(BLOCK_BITS) + u32::from(format & CHUNK_FORMAT_BLKBITS_MASK);
+        let chunk_size = 1u64 << chunk_bits;
+        let unit: u64 = if format & CHUNK_FORMAT_INDEXES != 0 {
+            8
+        } else {
+            4
+        };
+        let n = ino.size.div_ceil(chunk_size);
+        let base = (ino.offset + ino.isize + ino.xattr_size()).next_multiple_of(unit);
+        let table_len = n.checked_mul(unit).unwrap_or(u64::MAX);
+        let table = self.get(nid, "chunk table", base, table_len)?;
+        self.charge(ino.size)?;
+        let mut out = Vec::with_capacity(ino.size as usize);
+        for (i, e) in table.chunks_exact(unit as usize).enumerate() {
+            let (device, blkaddr) = if unit == 8 {
+                (
+                    u16::from_le_bytes([e[2], e[3]]),
+                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                )
+            } else {
+                (0, u32::from_le_bytes([e[0], e[1], e[2], e[3]]))
+            };
+            let len = chunk_size.min(ino.size - i as u64 * chunk_size);
+            if blkaddr == NULL_ADDR {
+                out.resize(out.len() + len as usize, 0);
+            } else if device != 0 {
+                return Err(ReadError::Unsupported {
+                    nid: ino.nid,
+                    what: format!("chunk on extra device {device}"),
+                });
+            } else {
+                let off = u64::from(blkaddr) << BLOCK_BITS;
+                out.extend_from_slice(self.get(nid, "chunk data", off, len)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Decodes one xattr entry at `offset`, returning (full name, value, entry length).
     fn xattr_entry(
         &mut self,
@@ -611,7 +664,9 @@ impl<'a> Reader<'a> {
                 let external = metacopy.is_some()
                     || redirect.is_some()
                     || (ino.layout == LAYOUT_CHUNK_BASED && ino.size > 0);
-                let data = if external {
+                let data = if !self.composefs && ino.layout == LAYOUT_CHUNK_BASED {
+                    FileData::Inline(self.chunk_bytes(&ino)?)
+                } else if external {
                     if ino.layout != LAYOUT_CHUNK_BASED
                         && ino.layout != LAYOUT_FLAT_PLAIN
                         && ino.layout != LAYOUT_FLAT_INLINE
@@ -619,12 +674,6 @@ impl<'a> Reader<'a> {
                         return Err(ReadError::Unsupported {
                             nid,
                             what: format!("data layout {}", ino.layout),
-                        });
-                    }
-                    if !self.composefs {
-                        return Err(ReadError::Unsupported {
-                            nid,
-                            what: "chunk-based file data in a plain EROFS image".into(),
                         });
                     }
                     let verity = match metacopy {

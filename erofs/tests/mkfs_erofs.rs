@@ -40,6 +40,13 @@ fn populate(src: &Path) {
             .collect::<Vec<_>>(),
     );
     w("exact-8192", &[0xa5; 8192]);
+    w("zeros-9000", &[0; 9000]);
+    w(
+        "big-20000",
+        &(0..20000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    );
     w("tiny-4095", &[1; 4095]);
     std::fs::create_dir_all(src.join("d1/d2/d3")).unwrap();
     w("d1/d2/d3/deep", b"deep");
@@ -168,6 +175,9 @@ fn mkfs_erofs_images_match_source() {
     let variants: &[(&[&str], bool)] = &[
         (&[], true),
         (&["-Enoinline_data"], true),
+        // Chunk-based files (4-byte block map), chunks of 1 and 2 blocks.
+        (&["--chunksize=4096"], true),
+        (&["--chunksize=8192"], true),
         (&["-T", "12345"], false),
         (&["--all-root", "-x", "-1"], false),
     ];
