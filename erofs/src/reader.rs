@@ -471,7 +471,7 @@ impl<'a> Reader<'a> {
         };
         let n = ino.size.div_ceil(chunk_size);
         let base = (ino.offset + ino.isize + ino.xattr_size()).next_multiple_of(unit);
-        let table_len = n.checked_mul(unit).unwrap_or(u64::MAX);
+        let table_len = n.saturating_mul(unit);
         let table = self.get(nid, "chunk table", base, table_len)?;
         self.charge(ino.size)?;
         let mut out = Vec::with_capacity(ino.size as usize);
