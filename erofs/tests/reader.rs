@@ -29,6 +29,9 @@ const HARDLINKS: &[u8] = include_bytes!("fixtures/hardlinks.cfs");
 const BIGFILE_XATTR: &[u8] = include_bytes!("fixtures/bigfile-xattr.cfs");
 const LONG_SYMLINK: &[u8] = include_bytes!("fixtures/honggfuzz-long-symlink.cfs");
 const BIGFILE_ACL: &[u8] = include_bytes!("fixtures/honggfuzz-bigfile-with-acl.cfs");
+// Plain EROFS images from mkfs.erofs (see tests/mkfs_erofs.rs).
+const MKFS_XATTRS: &[u8] = include_bytes!("fixtures/mkfs-xattrs.erofs");
+const MKFS_CHUNKED: &[u8] = include_bytes!("fixtures/mkfs-chunked.erofs");
 
 fn lookup<'t>(tree: &'t Tree, path: &str) -> &'t Inode {
     let mut cur = tree.root();
@@ -268,13 +271,15 @@ mod hostile {
     use proptest::prelude::*;
     use zerocopy::IntoBytes;
 
-    const FIXTURES: [&[u8]; 6] = [
+    const FIXTURES: [&[u8]; 8] = [
         SPECIAL,
         SPECIAL_V1,
         HARDLINKS,
         BIGFILE_XATTR,
         LONG_SYMLINK,
         BIGFILE_ACL,
+        MKFS_XATTRS,
+        MKFS_CHUNKED,
     ];
 
     /// Reading must never panic; any error is fine. The debug dump (slower)
@@ -288,7 +293,7 @@ mod hostile {
 
     #[test]
     fn truncated_at_every_offset() {
-        for &f in &[HARDLINKS, SPECIAL_V1] {
+        for &f in &[HARDLINKS, SPECIAL_V1, MKFS_XATTRS] {
             for len in 0..f.len() {
                 no_panic(&f[..len], len % 16 == 0);
             }
@@ -300,7 +305,12 @@ mod hostile {
         // Everything past the first blocks is file data and whiteout inodes
         // repeated; the interesting bytes are the header, superblock, the
         // first inodes and directory blocks.
-        for (f, blocks, masks) in [(HARDLINKS, 3, &[0xff][..]), (SPECIAL, 2, &[0xff][..])] {
+        for (f, blocks, masks) in [
+            (HARDLINKS, 3, &[0xff][..]),
+            (SPECIAL, 2, &[0xff][..]),
+            (MKFS_XATTRS, 2, &[0xff, 0x01][..]),
+            (MKFS_CHUNKED, 1, &[0xff, 0x01][..]),
+        ] {
             let mut b = f.to_vec();
             for i in 0..b.len().min(blocks * 4096) {
                 for &mask in masks {
