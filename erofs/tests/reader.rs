@@ -402,6 +402,43 @@ mod hostile {
         img
     }
 
+    /// Offset of the first dirent of [`amplifying_image`]'s root directory.
+    fn first_dirent(img: &[u8]) -> usize {
+        let root_blk = u32::from_le_bytes(img[4096 + 16..4096 + 20].try_into().unwrap());
+        root_blk as usize * BLOCK_SIZE as usize
+    }
+
+    #[test]
+    fn directory_loops_and_bad_nids_are_rejected() {
+        let good = amplifying_image(3, 10);
+        assert_eq!(read_image(&good).unwrap().tree.inodes.len(), 4);
+        let at = first_dirent(&good);
+        // An entry pointing back at the root directory.
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let e = read_image(&b).unwrap_err();
+        assert!(
+            matches!(e, ReadError::Entry { .. }) && e.to_string().contains("second time"),
+            "{e}"
+        );
+        // An entry whose nid lies far outside the image (and would overflow).
+        for nid in [1u64 << 40, u64::MAX] {
+            let mut b = good.clone();
+            b[at..at + 8].copy_from_slice(&nid.to_le_bytes());
+            let e = read_image(&b).unwrap_err();
+            assert!(matches!(e, ReadError::OutOfBounds { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("nid {nid}")), "{e}");
+        }
+        // A name longer than 255 bytes: make the first of three names span
+        // into the next ones by moving the second name offset.
+        let mut b = amplifying_image(40, 10);
+        let at = first_dirent(&b);
+        let second = at + 12 + 8;
+        b[second..second + 2].copy_from_slice(&(12u16 * 40 + 300).to_le_bytes());
+        let e = read_image(&b).unwrap_err();
+        assert!(e.to_string().contains("300 bytes long"), "{e}");
+    }
+
     #[test]
     fn shared_data_blocks_do_not_amplify_without_bound() {
         let ok = amplifying_image(10, 4096);
