@@ -1,5 +1,6 @@
 //! Reader tests against composefs C 1.0.8 `mkcomposefs` images (fixtures built
-//! from the conformance dumps and a small hand-written dump), plain
+//! from the conformance dumps in `tests/conformance` with the arguments its
+//! README gives, and a small hand-written dump), plain
 //! `mkfs.erofs` images generated at test time, and mutated images.
 
 use erofs::format::{S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
@@ -7,10 +8,30 @@ use erofs::{read_image, Content, FileData, Inode, ReadError, Tree};
 
 const SPECIAL: &[u8] = include_bytes!("fixtures/special.cfs");
 const SPECIAL_V1: &[u8] = include_bytes!("fixtures/special_v1.cfs");
+/// `mkcomposefs --from-file` (composefs C 1.0.8) of this dump:
+///
+/// ```text
+/// / 4096 40755 3 0 0 0 1000.0 - - -
+/// /a 4096 40755 2 0 0 0 1000.0 - - -
+/// /a/z 5 100644 3 0 0 0 1000.0 - hello -
+/// /b 0 @120777 0 0 0 0 0.0 /a/z - -
+/// /c 4096 40755 2 0 0 0 1000.0 - - -
+/// /c/y 0 @120777 0 0 0 0 0.0 /a/z - -
+/// /d 0 100644 2 0 0 0 1000.0 - - - user.x=1
+/// /e 0 @120777 0 0 0 0 0.0 /d - -
+/// /f 1234 100644 1 5 6 0 999.5 00/1234 - 0123456789012345678901234567890123456789012345678901234567890123 security.selinux=foo
+/// /g 0 20644 1 0 0 0 1000.0 - - -
+/// /c/wh 0 20644 1 0 0 0 1000.0 - - -
+/// /00x 3 100644 2 0 0 0 1000.0 - abc -
+/// /+x 0 @120777 0 0 0 0 0.0 /00x - -
+/// ```
 const HARDLINKS: &[u8] = include_bytes!("fixtures/hardlinks.cfs");
 const BIGFILE_XATTR: &[u8] = include_bytes!("fixtures/bigfile-xattr.cfs");
 const LONG_SYMLINK: &[u8] = include_bytes!("fixtures/honggfuzz-long-symlink.cfs");
 const BIGFILE_ACL: &[u8] = include_bytes!("fixtures/honggfuzz-bigfile-with-acl.cfs");
+// Plain EROFS images from mkfs.erofs (see tests/mkfs_erofs.rs).
+const MKFS_XATTRS: &[u8] = include_bytes!("fixtures/mkfs-xattrs.erofs");
+const MKFS_CHUNKED: &[u8] = include_bytes!("fixtures/mkfs-chunked.erofs");
 
 fn lookup<'t>(tree: &'t Tree, path: &str) -> &'t Inode {
     let mut cur = tree.root();
@@ -122,10 +143,18 @@ fn special_v1() {
 fn hardlinks_and_external_files() {
     let img = read_image(HARDLINKS).unwrap();
     let t = &img.tree;
-    assert_eq!(names(t.root()), ["a", "b", "c", "d", "e", "f", "g"]);
+    assert_eq!(
+        names(t.root()),
+        ["+x", "00x", "a", "b", "c", "d", "e", "f", "g"]
+    );
+    // /00x is the home of the file /+x links to: between the two sits the
+    // writer's whiteout "00", so only home = /00x reproduces the nid order.
+    let (plus, zero) = (&t.root().entries()[0], &t.root().entries()[1]);
+    assert_eq!(plus.inode, zero.inode);
+    assert!(plus.hardlink && !zero.hardlink);
     // The root holds a whiteout (g), so its writer-added markers are dropped.
     assert!(t.root().xattrs.is_empty(), "{:?}", t.root().xattrs);
-    let root = t.root().entries();
+    let root = &t.root().entries()[2..];
     let a = t.inode(root[0].inode);
     let z = &a.entries()[0];
     // /b and /c/y link to /a/z; /a/z is the home (nid order of the image).
@@ -242,25 +271,31 @@ mod hostile {
     use proptest::prelude::*;
     use zerocopy::IntoBytes;
 
-    const FIXTURES: [&[u8]; 6] = [
+    const FIXTURES: [&[u8]; 8] = [
         SPECIAL,
         SPECIAL_V1,
         HARDLINKS,
         BIGFILE_XATTR,
         LONG_SYMLINK,
         BIGFILE_ACL,
+        MKFS_XATTRS,
+        MKFS_CHUNKED,
     ];
 
-    /// Reading must never panic; any error is fine.
-    fn no_panic(bytes: &[u8]) {
+    /// Reading must never panic; any error is fine. The debug dump (slower)
+    /// is exercised on a subset.
+    fn no_panic(bytes: &[u8], dump: bool) {
         let _ = read_image(bytes);
+        if dump {
+            let _ = erofs::debug::dump_image(bytes);
+        }
     }
 
     #[test]
     fn truncated_at_every_offset() {
-        for &f in &[HARDLINKS, SPECIAL_V1] {
+        for &f in &[HARDLINKS, SPECIAL_V1, MKFS_XATTRS] {
             for len in 0..f.len() {
-                no_panic(&f[..len]);
+                no_panic(&f[..len], len % 16 == 0);
             }
         }
     }
@@ -270,12 +305,17 @@ mod hostile {
         // Everything past the first blocks is file data and whiteout inodes
         // repeated; the interesting bytes are the header, superblock, the
         // first inodes and directory blocks.
-        for (f, blocks, masks) in [(HARDLINKS, 3, &[0xff][..]), (SPECIAL, 2, &[0xff][..])] {
+        for (f, blocks, masks) in [
+            (HARDLINKS, 3, &[0xff][..]),
+            (SPECIAL, 2, &[0xff][..]),
+            (MKFS_XATTRS, 2, &[0xff, 0x01][..]),
+            (MKFS_CHUNKED, 1, &[0xff, 0x01][..]),
+        ] {
             let mut b = f.to_vec();
             for i in 0..b.len().min(blocks * 4096) {
                 for &mask in masks {
                     b[i] ^= mask;
-                    no_panic(&b);
+                    no_panic(&b, i % 16 == 0);
                     b[i] ^= mask;
                 }
             }
@@ -302,7 +342,7 @@ mod hostile {
             if truncate {
                 b.truncate(cut.index(b.len()));
             }
-            no_panic(&b);
+            no_panic(&b, true);
         }
     }
 
@@ -360,6 +400,43 @@ mod hostile {
             put_inode(&mut img, nid, 0o100644, size, 0);
         }
         img
+    }
+
+    /// Offset of the first dirent of [`amplifying_image`]'s root directory.
+    fn first_dirent(img: &[u8]) -> usize {
+        let root_blk = u32::from_le_bytes(img[4096 + 16..4096 + 20].try_into().unwrap());
+        root_blk as usize * BLOCK_SIZE as usize
+    }
+
+    #[test]
+    fn directory_loops_and_bad_nids_are_rejected() {
+        let good = amplifying_image(3, 10);
+        assert_eq!(read_image(&good).unwrap().tree.inodes.len(), 4);
+        let at = first_dirent(&good);
+        // An entry pointing back at the root directory.
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let e = read_image(&b).unwrap_err();
+        assert!(
+            matches!(e, ReadError::Entry { .. }) && e.to_string().contains("second time"),
+            "{e}"
+        );
+        // An entry whose nid lies far outside the image (and would overflow).
+        for nid in [1u64 << 40, u64::MAX] {
+            let mut b = good.clone();
+            b[at..at + 8].copy_from_slice(&nid.to_le_bytes());
+            let e = read_image(&b).unwrap_err();
+            assert!(matches!(e, ReadError::OutOfBounds { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("nid {nid}")), "{e}");
+        }
+        // A name longer than 255 bytes: make the first of three names span
+        // into the next ones by moving the second name offset.
+        let mut b = amplifying_image(40, 10);
+        let at = first_dirent(&b);
+        let second = at + 12 + 8;
+        b[second..second + 2].copy_from_slice(&(12u16 * 40 + 300).to_le_bytes());
+        let e = read_image(&b).unwrap_err();
+        assert!(e.to_string().contains("300 bytes long"), "{e}");
     }
 
     #[test]
