@@ -233,7 +233,7 @@ impl Walker {
     fn walk(&mut self, dir_id: InodeId, dir: &fs::File, dir_path: &Path) -> Result<(), ScanError> {
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut rd = rustix::fs::Dir::read_from(dir).map_err(|e| ScanError::new(dir_path, "cannot read directory", e))?;
-        while let Some(ent) = rd.next() {
+        for ent in rd {
             let ent = ent.map_err(|e| ScanError::new(dir_path, "cannot read directory", e))?;
             let n = ent.file_name().to_bytes();
             if n != b"." && n != b".." {
@@ -353,7 +353,7 @@ pub trait FileSink: Sync {
 /// `redirect` (`XX/YYYY…`) and `verity` for each.
 pub fn resolve(mut scan: Scan, sink: &dyn FileSink, threads: usize) -> Result<Tree, ScanError> {
     // Largest first, so one big file does not end up last on one thread.
-    scan.pending.sort_by(|a, b| b.size.cmp(&a.size));
+    scan.pending.sort_by_key(|p| std::cmp::Reverse(p.size));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
