@@ -919,10 +919,7 @@ impl<'a> Reader<'a> {
     /// their xattrs, which then came from the source tree.
     fn restore_whiteouts(&mut self, marked: &[bool]) {
         let v1 = self.version >= 1;
-        for d in 0..self.tree.inodes.len() {
-            if !marked[d] {
-                continue;
-            }
+        for d in (0..self.tree.inodes.len()).filter(|&d| marked[d]) {
             let dir = &self.tree.inodes[d];
             let whiteouts: Vec<InodeId> = dir
                 .entries()
