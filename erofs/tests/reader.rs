@@ -29,6 +29,17 @@ const HARDLINKS: &[u8] = include_bytes!("fixtures/hardlinks.cfs");
 const BIGFILE_XATTR: &[u8] = include_bytes!("fixtures/bigfile-xattr.cfs");
 const LONG_SYMLINK: &[u8] = include_bytes!("fixtures/honggfuzz-long-symlink.cfs");
 const BIGFILE_ACL: &[u8] = include_bytes!("fixtures/honggfuzz-bigfile-with-acl.cfs");
+/// `mkcomposefs --from-file` of a hard-linked whiteout whose home (`/b/w`,
+/// defined first) comes after its link (`/a/x`) in breadth-first order:
+///
+/// ```text
+/// / 4096 40755 4 0 0 0 1000.0 - - -
+/// /a 4096 40755 2 0 0 0 1000.0 - - -
+/// /b 4096 40755 2 0 0 0 1000.0 - - -
+/// /b/w 0 20644 2 0 0 0 1000.0 - - -
+/// /a/x 0 @120777 0 0 0 0 0.0 /b/w - -
+/// ```
+const WHITEOUT_HARDLINK: &[u8] = include_bytes!("fixtures/whiteout-hardlink.cfs");
 // Plain EROFS images from mkfs.erofs (see tests/mkfs_erofs.rs).
 const MKFS_XATTRS: &[u8] = include_bytes!("fixtures/mkfs-xattrs.erofs");
 const MKFS_CHUNKED: &[u8] = include_bytes!("fixtures/mkfs-chunked.erofs");
@@ -196,6 +207,22 @@ fn hardlinks_and_external_files() {
 }
 
 #[test]
+fn hard_linked_whiteout_keeps_its_marked_home() {
+    let t = read_image(WHITEOUT_HARDLINK).unwrap().tree;
+    let (a, b) = (lookup(&t, "a"), lookup(&t, "b"));
+    let (x, w) = (&a.entries()[0], &b.entries()[0]);
+    assert_eq!(x.inode, w.inode);
+    // Both positions give the same nid order; the writer marked /b, so /b/w
+    // is the home, and the markers are gone once the whiteout is restored.
+    assert!(x.hardlink && !w.hardlink);
+    let wh = t.inode(w.inode);
+    assert!(wh.is_whiteout(), "{:?}", wh.stat);
+    assert_eq!(wh.stat.mode, S_IFCHR | 0o644);
+    assert_eq!(wh.stat.nlink, 2);
+    assert!(wh.xattrs.is_empty() && a.xattrs.is_empty() && b.xattrs.is_empty());
+}
+
+#[test]
 fn small_conformance_fixtures() {
     let t = read_image(BIGFILE_XATTR).unwrap().tree;
     let f = lookup(&t, "bigfile");
@@ -253,6 +280,7 @@ fn read_then_write_gives_identical_bytes() {
         ("bigfile-xattr", BIGFILE_XATTR),
         ("honggfuzz-long-symlink", LONG_SYMLINK),
         ("honggfuzz-bigfile-with-acl", BIGFILE_ACL),
+        ("whiteout-hardlink", WHITEOUT_HARDLINK),
     ];
     for (name, bytes) in cases {
         let Some(out) = rewrite(bytes) else {
