@@ -64,8 +64,6 @@ pub struct ReadImage {
 /// byte offset where the problem was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("image is corrupt: {0}")]
-    Corrupt(String),
     #[error("image is {len} bytes, too short for an EROFS superblock")]
     TooShort { len: usize },
     #[error("not an EROFS image: bad superblock magic {found:#010x} at offset 1024")]
