@@ -64,8 +64,6 @@ pub struct ReadImage {
 /// byte offset where the problem was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("image is corrupt: {0}")]
-    Corrupt(String),
     #[error("image is {len} bytes, too short for an EROFS superblock")]
     TooShort { len: usize },
     #[error("not an EROFS image: bad superblock magic {found:#010x} at offset 1024")]
@@ -892,9 +890,16 @@ impl<'a> Reader<'a> {
     }
 
     fn finish(mut self) -> Result<ReadImage> {
-        assign_homes(&mut self.tree, &self.nids, &self.phantoms);
+        let marked: Vec<bool> = (0..self.tree.inodes.len())
+            .map(|d| self.composefs && self.has_whiteout_markers(d))
+            .collect();
+        // A possible whiteout's home should be in a marked directory, as the
+        // writer marks the home directory of each whiteout.
+        let candidate = &self.whiteout;
+        let prefer = |t: usize, dir: usize| !candidate[t] || marked[dir];
+        assign_homes(&mut self.tree, &self.nids, &self.phantoms, &prefer);
         if self.composefs {
-            self.restore_whiteouts();
+            self.restore_whiteouts(&marked);
         }
         self.tree.validate()?;
         Ok(ReadImage {
@@ -910,21 +915,10 @@ impl<'a> Reader<'a> {
     /// its home directory carries all those markers, as every writer-made
     /// whiteout's directory does; otherwise the file and the directory keep
     /// their xattrs, which then came from the source tree.
-    fn restore_whiteouts(&mut self) {
+    fn restore_whiteouts(&mut self, marked: &[bool]) {
         let v1 = self.version >= 1;
-        for d in 0..self.tree.inodes.len() {
+        for d in (0..self.tree.inodes.len()).filter(|&d| marked[d]) {
             let dir = &self.tree.inodes[d];
-            if !dir.is_dir() {
-                continue;
-            }
-            let marked = has_xattr(&dir.xattrs, WHITEOUTS_UNESCAPED, b"")
-                && has_xattr(&dir.xattrs, USER_WHITEOUTS, b"")
-                && (!v1
-                    || (has_xattr(&dir.xattrs, OPAQUE_UNESCAPED, b"x")
-                        && has_xattr(&dir.xattrs, USER_OPAQUE, b"x")));
-            if !marked {
-                continue;
-            }
             let whiteouts: Vec<InodeId> = dir
                 .entries()
                 .iter()
@@ -952,6 +946,20 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Reader<'_> {
+    /// Whether directory `d` carries every marker the writer puts on a
+    /// directory holding whiteouts.
+    fn has_whiteout_markers(&self, d: usize) -> bool {
+        let dir = &self.tree.inodes[d];
+        dir.is_dir()
+            && has_xattr(&dir.xattrs, WHITEOUTS_UNESCAPED, b"")
+            && has_xattr(&dir.xattrs, USER_WHITEOUTS, b"")
+            && (self.version < 1
+                || (has_xattr(&dir.xattrs, OPAQUE_UNESCAPED, b"x")
+                    && has_xattr(&dir.xattrs, USER_OPAQUE, b"x")))
+    }
+}
+
 fn has_xattr(xattrs: &[Xattr], name: &[u8], value: &[u8]) -> bool {
     xattrs.iter().any(|x| x.name == name && x.value == value)
 }
@@ -962,79 +970,133 @@ fn has_xattr(xattrs: &[Xattr], name: &[u8], value: &[u8]) -> bool {
 /// that inode is the next one (by nid) not yet placed. The root's real
 /// whiteouts, left out of the tree but re-added by the writer at the same
 /// names, take part in the walk as placeholders (`phantoms`: name, nid), since
-/// they hold nids between the tree's inodes. If the image does not follow
-/// that order (e.g. mkfs.erofs output), the first entry seen in the same walk
-/// becomes the home instead.
-fn assign_homes(tree: &mut Tree, nids: &[u64], phantoms: &[(Vec<u8>, u64)]) {
-    if !assign_homes_by(tree, nids, phantoms, true) {
-        assign_homes_by(tree, nids, &[], false);
-    }
-}
-
-fn assign_homes_by(
+/// they hold nids between the tree's inodes.
+///
+/// Several entries of an inode can qualify when no other inode is placed
+/// between them in the walk; they give the same nid order, and the earliest
+/// is taken unless `prefer(inode, dir)` rejects its directory and a later
+/// qualifying entry's directory is preferred (whiteouts: the writer marks the
+/// home's directory). If the image does not follow that order (e.g.
+/// mkfs.erofs output), the first entry seen in the same walk becomes the
+/// home instead.
+fn assign_homes(
     tree: &mut Tree,
     nids: &[u64],
     phantoms: &[(Vec<u8>, u64)],
-    nid_order: bool,
+    prefer: &dyn Fn(usize, usize) -> bool,
+) {
+    if !assign_homes_by_nid(tree, nids, phantoms, prefer) {
+        assign_homes_first_seen(tree);
+    }
+}
+
+/// One entry of the breadth-first walk: directory, index in its entries
+/// (`None` for a phantom), target slot (tree inode, or `n + j` for phantom j).
+type WalkEntry = (usize, Option<usize>, usize);
+
+fn assign_homes_by_nid(
+    tree: &mut Tree,
+    nids: &[u64],
+    phantoms: &[(Vec<u8>, u64)],
+    prefer: &dyn Fn(usize, usize) -> bool,
 ) -> bool {
     let n = tree.inodes.len();
-    // Slots 0..n are tree inodes, n.. the phantoms.
     let total = n + phantoms.len();
     let nid_of = |i: usize| if i < n { nids[i] } else { phantoms[i - n].1 };
     let is_dir: Vec<bool> = tree.inodes.iter().map(|i| i.is_dir()).collect();
     let mut order: Vec<usize> = (0..total).collect();
     order.sort_by_key(|&i| nid_of(i));
-    if nid_order && order.first() != Some(&0) {
+    if order.first() != Some(&0) {
         return false;
     }
-    let mut placed = vec![false; total];
-    placed[0] = true;
-    let mut next = 1;
+    // Directories have exactly one entry, so the walk over all entries is
+    // fixed whatever the homes of other inodes are.
+    let mut walk: Vec<WalkEntry> = Vec::new();
     let mut queue = VecDeque::from([0usize]);
-    let mut homes: Vec<bool> = Vec::new();
     while let Some(d) = queue.pop_front() {
-        let entries = tree.inodes[d].entries();
-        // Merge the phantoms (root only) into the entries, by name.
-        let mut items: Vec<(&[u8], usize, bool)> = entries
+        let mut items: Vec<(&[u8], Option<usize>, usize)> = tree.inodes[d]
+            .entries()
             .iter()
-            .map(|e| (e.name.as_slice(), e.inode.index(), true))
+            .enumerate()
+            .map(|(k, e)| (e.name.as_slice(), Some(k), e.inode.index()))
             .collect();
         if d == 0 && !phantoms.is_empty() {
             items.extend(
                 phantoms
                     .iter()
                     .enumerate()
-                    .map(|(j, (name, _))| (name.as_slice(), n + j, false)),
+                    .map(|(j, (name, _))| (name.as_slice(), None, n + j)),
             );
             items.sort_by(|a, b| a.0.cmp(b.0));
         }
-        homes.clear();
-        for &(_, t, real) in &items {
-            let home = if nid_order {
-                !placed[t] && next < total && order[next] == t
-            } else {
-                !placed[t]
-            };
-            if home {
-                placed[t] = true;
-                next += 1;
-                if t < n && is_dir[t] {
-                    queue.push_back(t);
-                }
-            } else if nid_order && (!real || is_dir[t]) {
-                return false;
+        for (_, k, t) in items {
+            if t < n && is_dir[t] {
+                queue.push_back(t);
             }
-            if real {
-                homes.push(home);
-            }
+            walk.push((d, k, t));
         }
+    }
+    // Greedy: the earliest entry of the next inode in nid order is its home.
+    let mut home = vec![usize::MAX; total];
+    let mut next = 1;
+    for (p, &(_, _, t)) in walk.iter().enumerate() {
+        if next < total && order[next] == t {
+            home[t] = p;
+            next += 1;
+        } else if t >= n || is_dir[t] {
+            // Directories and phantoms have a single entry: it must be home.
+            return false;
+        }
+    }
+    if next != total {
+        return false;
+    }
+    // Move a home later within its window when that suits `prefer`.
+    for k in 1..total {
+        let t = order[k];
+        let p = home[t];
+        if t >= n || prefer(t, walk[p].0) {
+            continue;
+        }
+        let end = if k + 1 < total {
+            home[order[k + 1]]
+        } else {
+            walk.len()
+        };
+        if let Some(q) = (p + 1..end).find(|&q| walk[q].2 == t && prefer(t, walk[q].0)) {
+            home[t] = q;
+        }
+    }
+    for (p, &(d, k, t)) in walk.iter().enumerate() {
+        if let (Some(k), Content::Directory(entries)) = (k, &mut tree.inodes[d].content) {
+            entries[k].hardlink = home[t] != p;
+        }
+    }
+    true
+}
+
+/// Fallback: the first entry seen in a breadth-first walk (children in name
+/// order) is the home.
+fn assign_homes_first_seen(tree: &mut Tree) {
+    let n = tree.inodes.len();
+    let is_dir: Vec<bool> = tree.inodes.iter().map(|i| i.is_dir()).collect();
+    let mut placed = vec![false; n];
+    placed[0] = true;
+    let mut queue = VecDeque::from([0usize]);
+    while let Some(d) = queue.pop_front() {
         if let Content::Directory(entries) = &mut tree.inodes[d].content {
-            for (e, &home) in entries.iter_mut().zip(&homes) {
-                e.hardlink = !home;
+            for e in entries.iter_mut() {
+                let t = e.inode.index();
+                e.hardlink = placed[t];
+                if !placed[t] {
+                    placed[t] = true;
+                    if is_dir[t] {
+                        queue.push_back(t);
+                    }
+                }
             }
         }
     }
-    !nid_order || next == total
 }
 
 #[cfg(test)]
