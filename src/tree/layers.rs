@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 
 use erofs::format::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
-use erofs::tree::{Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr};
+use erofs::tree::{
+    Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
+};
 
 use crate::oci::{EntryData, EntryKind, LayerEntry};
 
@@ -165,10 +167,14 @@ impl LayeredTree {
         // Whiteouts first: they act on what lower layers left.
         for e in entries {
             let comps = normalize(&e.path)?;
-            let Some((name, dir)) = comps.split_last() else { continue };
+            let Some((name, dir)) = comps.split_last() else {
+                continue;
+            };
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
                 let Some(d) = self.lookup(dir) else { continue };
-                let Some(children) = self.children_mut(d) else { continue };
+                let Some(children) = self.children_mut(d) else {
+                    continue;
+                };
                 if *name == OPAQUE_MARKER {
                     children.clear();
                 } else {
@@ -247,7 +253,9 @@ impl LayeredTree {
                 if existing == Some(t) {
                     return Ok(());
                 }
-                self.children_mut(parent).expect("dir").insert(name.to_vec(), t);
+                self.children_mut(parent)
+                    .expect("dir")
+                    .insert(name.to_vec(), t);
                 return Ok(());
             }
             EntryKind::Regular => {
@@ -291,7 +299,9 @@ impl LayeredTree {
         };
         let id = self.nodes.len();
         self.nodes.push(new_node);
-        self.children_mut(parent).expect("dir").insert(name.to_vec(), id);
+        self.children_mut(parent)
+            .expect("dir")
+            .insert(name.to_vec(), id);
         Ok(())
     }
 
@@ -305,7 +315,9 @@ impl LayeredTree {
         let mut placed: HashMap<usize, InodeId> = HashMap::new();
         let mut stack = vec![(0usize, InodeId::ROOT)];
         while let Some((node, dir)) = stack.pop() {
-            let Kind::Dir(children) = &self.nodes[node].kind else { continue };
+            let Kind::Dir(children) = &self.nodes[node].kind else {
+                continue;
+            };
             let mut names: Vec<(&Vec<u8>, usize)> = children.iter().map(|(k, v)| (k, *v)).collect();
             names.sort_unstable();
             let mut subdirs = Vec::new();
@@ -355,7 +367,10 @@ impl LayeredTree {
 }
 
 fn check_name(name: &[u8], path: &[u8]) -> Result<(), ApplyError> {
-    erofs::tree::check_name(name).map_err(|why| ApplyError::BadName { path: show(path), why })
+    erofs::tree::check_name(name).map_err(|why| ApplyError::BadName {
+        path: show(path),
+        why,
+    })
 }
 
 /// A directory entry's default timestamp when a layer never gave one.
@@ -455,7 +470,11 @@ mod tests {
     fn hardlinks_across_layers_count_links() {
         let mut t = LayeredTree::new();
         t.apply(&[ent("usr/bin/a", EntryKind::Regular)]).unwrap();
-        t.apply(&[ent("usr/bin/b", EntryKind::Hardlink(b"./usr/bin/a".to_vec()))]).unwrap();
+        t.apply(&[ent(
+            "usr/bin/b",
+            EntryKind::Hardlink(b"./usr/bin/a".to_vec()),
+        )])
+        .unwrap();
         let tree = t.into_tree();
         tree.validate().unwrap();
         let bin = tree
@@ -472,15 +491,24 @@ mod tests {
     #[test]
     fn later_entries_replace_earlier_ones() {
         let mut t = LayeredTree::new();
-        t.apply(&[ent("x/", EntryKind::Directory), ent("x/inner", EntryKind::Regular)]).unwrap();
+        t.apply(&[
+            ent("x/", EntryKind::Directory),
+            ent("x/inner", EntryKind::Regular),
+        ])
+        .unwrap();
         let mut d = ent("x/", EntryKind::Directory);
         d.mode = 0o700;
         t.apply(&[d]).unwrap(); // dir over dir: attributes only
         let tree = t.into_tree();
         assert_eq!(paths(&tree), ["/x", "/x/inner"]);
         let mut t = LayeredTree::new();
-        t.apply(&[ent("x/", EntryKind::Directory), ent("x/inner", EntryKind::Regular)]).unwrap();
-        t.apply(&[ent("x", EntryKind::Symlink(b"elsewhere".to_vec()))]).unwrap();
+        t.apply(&[
+            ent("x/", EntryKind::Directory),
+            ent("x/inner", EntryKind::Regular),
+        ])
+        .unwrap();
+        t.apply(&[ent("x", EntryKind::Symlink(b"elsewhere".to_vec()))])
+            .unwrap();
         assert_eq!(paths(&t.into_tree()), ["/x"]);
     }
 }
