@@ -2461,7 +2461,7 @@ mod tests {
     }
 
     #[test]
-    fn dumpfile_cs9_developer_parse_speed() {
+    fn dumpfile_cs9_developer_parses_completely() {
         let d = conformance("cs9-x86_64-developer.dump.gz");
         let mut best = std::time::Duration::MAX;
         for _ in 0..3 {
@@ -2470,10 +2470,8 @@ mod tests {
             best = best.min(t0.elapsed());
             assert_eq!(t.inodes.len(), 64246);
         }
+        // Timing is reported, not asserted: benches/run measures performance.
         eprintln!("cs9-x86_64-developer: parse {best:?}");
-        if !cfg!(debug_assertions) {
-            assert!(best.as_millis() < 100, "parse took {best:?}");
-        }
     }
 
     mod props {

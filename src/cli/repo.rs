@@ -51,7 +51,8 @@ impl Global {
             self.note(&format!("created repository {}", self.repo.display()));
             if let crate::fsverity::Support::NotSupported { reason } = support {
                 self.note(&format!(
-                    "fs-verity is not supported there ({reason}); objects are not verity-protected"
+                    "fs-verity is {reason}; objects in {} are not verity-protected",
+                    self.repo.display()
                 ));
             }
         }

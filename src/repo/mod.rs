@@ -403,6 +403,70 @@ impl Repository {
         })
     }
 
+    /// Points `refs/NS/NAME` at an object (atomically). Namespaces other than
+    /// `images` hold caches and metadata: `layers` (diff_id → splitstream),
+    /// `blobs` (OCI digest → manifest/config bytes), `oci` (image id → import
+    /// record), `manifests` (manifest digest → import record).
+    pub fn set_ref(&self, ns: &str, name: &str, target: &Digest) -> Result<(), RepoError> {
+        let dir = self.root.join("refs").join(ns);
+        fs::create_dir_all(&dir).map_err(|e| ioe(&dir, "cannot create directory", e))?;
+        symlink_atomic(
+            &format!("../../objects/{}", target.object_path()),
+            &dir.join(name),
+            &self.root.join("tmp"),
+        )
+    }
+
+    /// The object `refs/NS/NAME` points at, if the ref and the object exist.
+    pub fn get_ref(&self, ns: &str, name: &str) -> Option<Digest> {
+        let t = fs::read_link(self.root.join("refs").join(ns).join(name)).ok()?;
+        let d = Digest::from_object_path(t.to_str()?).ok()?;
+        self.objects.contains(&d).then_some(d)
+    }
+
+    /// All refs of a namespace with their targets (None when dangling or malformed).
+    pub fn list_refs(&self, ns: &str) -> Vec<(String, Option<Digest>)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("refs").join(ns)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let d = fs::read_link(e.path())
+                    .ok()
+                    .and_then(|t| t.to_str().and_then(|t| Digest::from_object_path(t).ok()));
+                out.push((name, d));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Removes `refs/NS/NAME` if present.
+    pub fn remove_ns_ref(&self, ns: &str, name: &str) -> Result<(), RepoError> {
+        let p = self.root.join("refs").join(ns).join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ioe(p, "cannot remove", e)),
+        }
+    }
+
+    /// Reads a whole object.
+    pub fn read_object(&self, d: &Digest) -> Result<Vec<u8>, RepoError> {
+        let p = self.objects.object_path(d);
+        fs::read(&p).map_err(|e| ioe(p, "cannot read object", e))
+    }
+
+    /// Makes `NAME` point at an existing image.
+    pub fn tag_image(&self, id: &Digest, name: &str) -> Result<(), RepoError> {
+        check_name(name)?;
+        symlink_atomic(
+            &format!("../../images/{}", id.to_hex()),
+            &self.root.join("refs/images").join(name),
+            &self.root.join("tmp"),
+        )?;
+        sync_dir(&self.root.join("refs/images"))
+    }
+
     /// Removes the name `name` (the image stays until gc finds it unreferenced).
     pub fn remove_ref(&self, name: &str) -> Result<(), RepoError> {
         check_name(name)?;
@@ -414,6 +478,39 @@ impl Repository {
             }
             Err(e) => Err(ioe(p, "cannot remove", e)),
         }
+    }
+}
+
+/// Metadata that travels with an image (e.g. how an OCI image was imported),
+/// stored as an object under `refs/records/<image id>`. `keeps` lists the
+/// objects (`XX/YYYY…`) it needs beyond the image's own (manifests, configs,
+/// splitstreams and their payloads); `refs` the refs in other namespaces
+/// that belong to it. gc keeps both while the image is named, and removes
+/// them with it. Other fields are the importer's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub image: String,
+    #[serde(default)]
+    pub keeps: Vec<String>,
+    #[serde(default)]
+    pub refs: Vec<(String, String)>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Repository {
+    /// Stores a record for an image (objects are flushed by the caller's
+    /// commit) and links it as `refs/records/<image id>`.
+    pub fn store_record(&self, record: &Record) -> Result<Digest, RepoError> {
+        let bytes = serde_json::to_vec(record).expect("record serializes");
+        let (d, _) = self.objects.add_bytes(&bytes)?;
+        Ok(d)
+    }
+
+    /// Reads the record of an image, if it has one.
+    pub fn record(&self, image: &Digest) -> Option<Record> {
+        let d = self.get_ref("records", &image.to_hex())?;
+        serde_json::from_slice(&self.read_object(&d).ok()?).ok()
     }
 }
 
