@@ -145,7 +145,8 @@ impl RecordWriter {
         self.enc.write_all(&[REC_END])?;
         let body = self.enc.finish()?;
         debug_assert_eq!(digests.len() as u64, self.refs);
-        let mut out = Vec::with_capacity(HEADER_SIZE + digests.len() * alg.digest_size() + body.len());
+        let mut out =
+            Vec::with_capacity(HEADER_SIZE + digests.len() * alg.digest_size() + body.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.push(alg.kernel_id());
@@ -393,7 +394,11 @@ pub fn import_layer(reader: impl Read, objects: &ObjectDir) -> Result<ImportedLa
         }
         stats.objects_written_bytes = stored
             .iter()
-            .zip(entries.iter().filter(|e| matches!(e.data, Some(EntryData::Object(_)))))
+            .zip(
+                entries
+                    .iter()
+                    .filter(|e| matches!(e.data, Some(EntryData::Object(_)))),
+            )
             .filter(|((_, a), _)| matches!(a, Added::Written { .. }))
             .map(|(_, e)| e.size)
             .sum();
@@ -430,7 +435,9 @@ fn parse(split: &[u8]) -> Result<Parsed<'_>, LayerError> {
     }
     let version = u16::from_le_bytes([split[8], split[9]]);
     if version != VERSION {
-        return Err(corrupt(format!("unsupported version {version} (this strata reads {VERSION})")));
+        return Err(corrupt(format!(
+            "unsupported version {version} (this strata reads {VERSION})"
+        )));
     }
     let alg = Algorithm::from_kernel_id(u32::from(split[10]))
         .ok_or_else(|| corrupt(format!("unknown hash algorithm id {}", split[10])))?;
@@ -444,7 +451,8 @@ fn parse(split: &[u8]) -> Result<Parsed<'_>, LayerError> {
     let table_len = count
         .checked_mul(d as u64)
         .filter(|&n| n <= rest.len() as u64)
-        .ok_or_else(|| corrupt(format!("digest table of {count} entries does not fit")))? as usize;
+        .ok_or_else(|| corrupt(format!("digest table of {count} entries does not fit")))?
+        as usize;
     let digests = rest[..table_len]
         .chunks_exact(d)
         .map(|c| Digest::from_bytes(alg, c).expect("digest size"))
@@ -516,7 +524,12 @@ impl<'a> Records<'a> {
                     )));
                 }
                 let mut extra = [0u8];
-                if self.dec.read(&mut extra).map_err(|e| corrupt(e.to_string()))? != 0 {
+                if self
+                    .dec
+                    .read(&mut extra)
+                    .map_err(|e| corrupt(e.to_string()))?
+                    != 0
+                {
                     return Err(corrupt("data after the end record"));
                 }
                 return Ok(Record::End);
@@ -589,7 +602,10 @@ impl Replay<'_> {
                 }
                 None => {
                     let step = step.min(sink.len() as u64) as usize;
-                    self.rec.dec.read_exact(&mut sink[..step]).map(|_| step as u64)
+                    self.rec
+                        .dec
+                        .read_exact(&mut sink[..step])
+                        .map(|_| step as u64)
                 }
             }
             .map_err(|e| io::Error::other(corrupt(format!("record section: {e}"))))?;
@@ -628,7 +644,9 @@ impl Input for Replay<'_> {
                 self.offset += n;
                 Ok(Some(self.rec.digest(&self.digests)?))
             }
-            Record::Ref(n) => Err(corrupt(format!("reference of {n} bytes for a file of {size}"))),
+            Record::Ref(n) => Err(corrupt(format!(
+                "reference of {n} bytes for a file of {size}"
+            ))),
             _ => Err(corrupt("metadata where the tar has file contents")),
         }
     }
@@ -667,13 +685,15 @@ pub fn read_entries(splitstream: &[u8]) -> Result<Vec<LayerEntry>, LayerError> {
     let r = &mut parser.input;
     if !r.ended {
         // The parser stops at a header boundary only at the end.
-        r.rest().map_err(|e| unwrap_io(LayerError::Io {
-            entry: EntryName {
-                path: String::new(),
-                offset: r.offset,
-            },
-            source: e,
-        }))?;
+        r.rest().map_err(|e| {
+            unwrap_io(LayerError::Io {
+                entry: EntryName {
+                    path: String::new(),
+                    offset: r.offset,
+                },
+                source: e,
+            })
+        })?;
     }
     if r.rec.next_ref != r.digests.len() {
         return Err(corrupt("digest table has unreferenced entries"));
@@ -683,7 +703,11 @@ pub fn read_entries(splitstream: &[u8]) -> Result<Vec<LayerEntry>, LayerError> {
 
 /// Writes the original tar stream: inline bytes from the splitstream and
 /// referenced objects from `objects` (each checked for its recorded length).
-pub fn cat(splitstream: &[u8], objects: &ObjectDir, out: &mut impl Write) -> Result<(), LayerError> {
+pub fn cat(
+    splitstream: &[u8],
+    objects: &ObjectDir,
+    out: &mut impl Write,
+) -> Result<(), LayerError> {
     let p = parse(splitstream)?;
     let mut rec = Records::new(p.body)?;
     loop {
@@ -717,7 +741,12 @@ pub fn cat(splitstream: &[u8], objects: &ObjectDir, out: &mut impl Write) -> Res
     Ok(())
 }
 
-fn copy_object(objects: &ObjectDir, digest: &Digest, size: u64, out: &mut impl Write) -> Result<(), LayerError> {
+fn copy_object(
+    objects: &ObjectDir,
+    digest: &Digest,
+    size: u64,
+    out: &mut impl Write,
+) -> Result<(), LayerError> {
     let path = objects.object_path(digest);
     let file = match fs::File::open(&path) {
         Ok(f) => f,

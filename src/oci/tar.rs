@@ -160,7 +160,11 @@ impl fmt::Display for EntryName {
         if self.path.is_empty() {
             write!(f, "tar entry at byte {}", self.offset)
         } else {
-            write!(f, "tar entry {:?} (header at byte {})", self.path, self.offset)
+            write!(
+                f,
+                "tar entry {:?} (header at byte {})",
+                self.path, self.offset
+            )
         }
     }
 }
@@ -318,7 +322,10 @@ fn pax_time(v: &[u8]) -> Option<Timespec> {
         return Some(Timespec { sec: secs, nsec });
     }
     if nsec == 0 {
-        Some(Timespec { sec: -secs, nsec: 0 })
+        Some(Timespec {
+            sec: -secs,
+            nsec: 0,
+        })
     } else {
         Some(Timespec {
             sec: (-secs).checked_sub(1)?,
@@ -339,8 +346,12 @@ fn parse_pax(mut data: &[u8], p: &mut Pending, entry: &EntryName) -> Result<(), 
             .take(21)
             .position(|&c| c == b' ')
             .ok_or_else(|| bad("record length not followed by a space".into()))?;
-        let len = pax_decimal(&data[..sp])
-            .ok_or_else(|| bad(format!("bad record length {:?}", String::from_utf8_lossy(&data[..sp]))))?;
+        let len = pax_decimal(&data[..sp]).ok_or_else(|| {
+            bad(format!(
+                "bad record length {:?}",
+                String::from_utf8_lossy(&data[..sp])
+            ))
+        })?;
         if len > data.len() as u64 || (len as usize) < sp + 3 {
             return Err(bad(format!("record length {len} out of range")));
         }
@@ -362,11 +373,13 @@ fn parse_pax(mut data: &[u8], p: &mut Pending, entry: &EntryName) -> Result<(), 
             if value.is_empty() {
                 return Ok(None);
             }
-            pax_decimal(value).map(Some).ok_or_else(|| LayerError::BadNumber {
-                entry: entry.clone(),
-                field,
-                value: String::from_utf8_lossy(value).into_owned(),
-            })
+            pax_decimal(value)
+                .map(Some)
+                .ok_or_else(|| LayerError::BadNumber {
+                    entry: entry.clone(),
+                    field,
+                    value: String::from_utf8_lossy(value).into_owned(),
+                })
         };
         match key {
             b"path" => p.path = (!value.is_empty()).then(|| value.to_vec()),
@@ -432,7 +445,11 @@ impl Header<'_> {
     /// The full ustar name (prefix + "/" + name).
     fn path(&self) -> Vec<u8> {
         let name = self.name();
-        let prefix = if self.is_posix() { cstr(&self.0[345..500]) } else { &[][..] };
+        let prefix = if self.is_posix() {
+            cstr(&self.0[345..500])
+        } else {
+            &[][..]
+        };
         if prefix.is_empty() {
             name.to_vec()
         } else {
@@ -465,7 +482,12 @@ impl<I: Input> Parser<I> {
         Parser { input, done: false }
     }
 
-    fn read_exact_inline(&mut self, buf: &mut [u8], entry: &EntryName, what: &'static str) -> Result<(), LayerError> {
+    fn read_exact_inline(
+        &mut self,
+        buf: &mut [u8],
+        entry: &EntryName,
+        what: &'static str,
+    ) -> Result<(), LayerError> {
         let n = self.input.read_inline(buf).map_err(|e| io_err(entry, e))?;
         if n < buf.len() {
             return Err(LayerError::Truncated {
@@ -477,7 +499,12 @@ impl<I: Input> Parser<I> {
         Ok(())
     }
 
-    fn skip_exact(&mut self, n: u64, entry: &EntryName, what: &'static str) -> Result<(), LayerError> {
+    fn skip_exact(
+        &mut self,
+        n: u64,
+        entry: &EntryName,
+        what: &'static str,
+    ) -> Result<(), LayerError> {
         let got = self.input.skip_inline(n).map_err(|e| io_err(entry, e))?;
         if got < n {
             return Err(LayerError::Truncated {
@@ -536,10 +563,17 @@ impl<I: Input> Parser<I> {
         loop {
             let offset = self.input.offset();
             let here = EntryName::new(
-                pending.path.as_deref().or(pending.long_name.as_deref()).unwrap_or(&[]),
+                pending
+                    .path
+                    .as_deref()
+                    .or(pending.long_name.as_deref())
+                    .unwrap_or(&[]),
                 pending.first_offset.unwrap_or(offset),
             );
-            let n = self.input.read_inline(&mut block).map_err(|e| io_err(&here, e))?;
+            let n = self
+                .input
+                .read_inline(&mut block)
+                .map_err(|e| io_err(&here, e))?;
             if n == 0 || (n == BLOCK && is_zero(&block)) {
                 self.done = true;
                 if n == BLOCK {
@@ -574,15 +608,16 @@ impl<I: Input> Parser<I> {
                     computed,
                 });
             }
-            let num = |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
-                parse_numeric(&block[range.clone()])
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| LayerError::BadNumber {
-                        entry: entry.clone(),
-                        field,
-                        value: String::from_utf8_lossy(&block[range]).into_owned(),
-                    })
-            };
+            let num =
+                |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
+                    parse_numeric(&block[range.clone()])
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| LayerError::BadNumber {
+                            entry: entry.clone(),
+                            field,
+                            value: String::from_utf8_lossy(&block[range]).into_owned(),
+                        })
+                };
             let header_size = num(124..136, "size field")?;
             let typeflag = hdr.typeflag();
             match typeflag {
@@ -649,15 +684,16 @@ impl<I: Input> Parser<I> {
             if typeflag == b'\0' && path.ends_with(b"/") {
                 kind = EntryKind::Directory;
             }
-            let num = |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
-                parse_numeric(&block[range.clone()])
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| LayerError::BadNumber {
-                        entry: entry.clone(),
-                        field,
-                        value: String::from_utf8_lossy(&block[range]).into_owned(),
-                    })
-            };
+            let num =
+                |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
+                    parse_numeric(&block[range.clone()])
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| LayerError::BadNumber {
+                            entry: entry.clone(),
+                            field,
+                            value: String::from_utf8_lossy(&block[range]).into_owned(),
+                        })
+                };
             let id = |v: u64, field: &'static str| -> Result<u32, LayerError> {
                 u32::try_from(v).map_err(|_| LayerError::BadNumber {
                     entry: entry.clone(),
@@ -683,17 +719,23 @@ impl<I: Input> Parser<I> {
             let mtime = match pending.mtime {
                 Some(t) => t,
                 None => {
-                    let sec = parse_numeric(&block[136..148]).ok_or_else(|| LayerError::BadNumber {
-                        entry: entry.clone(),
-                        field: "mtime field",
-                        value: String::from_utf8_lossy(&block[136..148]).into_owned(),
-                    })?;
+                    let sec =
+                        parse_numeric(&block[136..148]).ok_or_else(|| LayerError::BadNumber {
+                            entry: entry.clone(),
+                            field: "mtime field",
+                            value: String::from_utf8_lossy(&block[136..148]).into_owned(),
+                        })?;
                     Timespec { sec, nsec: 0 }
                 }
             };
             let rdev = match kind {
-                EntryKind::CharDevice | EntryKind::BlockDevice if hdr.is_posix() || hdr.is_gnu() => {
-                    makedev(num(329..337, "devmajor field")?, num(337..345, "devminor field")?)
+                EntryKind::CharDevice | EntryKind::BlockDevice
+                    if hdr.is_posix() || hdr.is_gnu() =>
+                {
+                    makedev(
+                        num(329..337, "devmajor field")?,
+                        num(337..345, "devminor field")?,
+                    )
                 }
                 _ => 0,
             };
@@ -791,8 +833,20 @@ mod tests {
                 nsec: 123_456_789
             })
         );
-        assert_eq!(pax_time(b"5.5"), Some(Timespec { sec: 5, nsec: 500_000_000 }));
-        assert_eq!(pax_time(b"-1.25"), Some(Timespec { sec: -2, nsec: 750_000_000 }));
+        assert_eq!(
+            pax_time(b"5.5"),
+            Some(Timespec {
+                sec: 5,
+                nsec: 500_000_000
+            })
+        );
+        assert_eq!(
+            pax_time(b"-1.25"),
+            Some(Timespec {
+                sec: -2,
+                nsec: 750_000_000
+            })
+        );
         assert_eq!(pax_time(b"-3"), Some(Timespec { sec: -3, nsec: 0 }));
         assert_eq!(pax_time(b"1."), None);
         assert_eq!(pax_time(b"x"), None);

@@ -315,13 +315,15 @@ impl ObjectWriter<'_> {
     /// Finishes the object: returns its digest and whether it was new.
     pub fn commit(mut self) -> Result<(Digest, Added), ObjectError> {
         let (dir, name, path, file) = self.tmp.take().expect("ObjectWriter used after commit");
-        let hasher = std::mem::replace(&mut self.hasher, fsverity::FsVerityHasher::new(self.objects.alg));
+        let fresh = fsverity::FsVerityHasher::new(self.objects.alg);
+        let hasher = std::mem::replace(&mut self.hasher, fresh);
         let digest = hasher.finish();
         if self.objects.contains(&digest) {
             let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
             return Ok((digest, Added::Present));
         }
-        let added = self.objects.install(&digest, (dir, name, path, file.into()))?;
+        let tmp = (dir, name, path, file.into());
+        let added = self.objects.install(&digest, tmp)?;
         Ok((digest, added))
     }
 }

@@ -143,7 +143,11 @@ fn pax_body(kv: &[(&[u8], &[u8])]) -> Vec<u8> {
 
 fn push_pax(out: &mut Vec<u8>, typeflag: u8, kv: &[(&[u8], &[u8])]) {
     let body = pax_body(kv);
-    push(out, hdr(b"PaxHeaders/x", typeflag, body.len() as u64), &body);
+    push(
+        out,
+        hdr(b"PaxHeaders/x", typeflag, body.len() as u64),
+        &body,
+    );
 }
 
 fn end(out: &mut Vec<u8>) {
@@ -172,9 +176,13 @@ fn ustar_all_types() {
         b.append(&h, data).unwrap();
     };
     let none = &|_: &mut tar::Header| {};
-    add("./dir/", tar::EntryType::Directory, b"", &|h| h.set_mode(0o1755));
+    add("./dir/", tar::EntryType::Directory, b"", &|h| {
+        h.set_mode(0o1755)
+    });
     add("./dir/empty", tar::EntryType::Regular, b"", none);
-    add("./dir/one", tar::EntryType::Regular, b"x", &|h| h.set_mode(0o4755));
+    add("./dir/one", tar::EntryType::Regular, b"x", &|h| {
+        h.set_mode(0o4755)
+    });
     let b64 = noise(64, 1);
     let b65 = noise(65, 2);
     let big = noise(3 << 20, 3);
@@ -184,8 +192,12 @@ fn ustar_all_types() {
     add("./dir/page", tar::EntryType::Regular, &page, none);
     add("./dir/big", tar::EntryType::Regular, &big, none);
     add("./dir/contig", tar::EntryType::Continuous, &b65, none);
-    add("./dir/sym", tar::EntryType::Symlink, b"", &|h| h.set_link_name("../target").unwrap());
-    add("./dir/hard", tar::EntryType::Link, b"", &|h| h.set_link_name("./dir/b65").unwrap());
+    add("./dir/sym", tar::EntryType::Symlink, b"", &|h| {
+        h.set_link_name("../target").unwrap()
+    });
+    add("./dir/hard", tar::EntryType::Link, b"", &|h| {
+        h.set_link_name("./dir/b65").unwrap()
+    });
     add("./dev/null", tar::EntryType::Char, b"", &|h| {
         h.set_device_major(1).unwrap();
         h.set_device_minor(3).unwrap();
@@ -200,30 +212,69 @@ fn ustar_all_types() {
     assert_eq!(layer.entries.len(), 13);
 
     let d = find(&layer, b"./dir/");
-    assert_eq!((d.kind.clone(), d.mode, d.uid, d.gid), (EntryKind::Directory, 0o1755, 1000, 100));
-    assert_eq!(d.mtime, Timespec { sec: 1_700_000_000, nsec: 0 });
+    assert_eq!(
+        (d.kind.clone(), d.mode, d.uid, d.gid),
+        (EntryKind::Directory, 0o1755, 1000, 100)
+    );
+    assert_eq!(
+        d.mtime,
+        Timespec {
+            sec: 1_700_000_000,
+            nsec: 0
+        }
+    );
     assert_eq!((d.size, d.data.clone()), (0, None));
 
     let e = find(&layer, b"./dir/empty");
-    assert_eq!((e.kind.clone(), e.size, e.data.clone()), (EntryKind::Regular, 0, Some(EntryData::Inline(vec![]))));
+    assert_eq!(
+        (e.kind.clone(), e.size, e.data.clone()),
+        (EntryKind::Regular, 0, Some(EntryData::Inline(vec![])))
+    );
     assert_eq!(find(&layer, b"./dir/one").mode, 0o4755);
-    assert_eq!(find(&layer, b"./dir/b64").data, Some(EntryData::Inline(b64.clone())));
+    assert_eq!(
+        find(&layer, b"./dir/b64").data,
+        Some(EntryData::Inline(b64.clone()))
+    );
     let d65 = digest_bytes(Algorithm::Sha256, &b65);
-    assert_eq!(find(&layer, b"./dir/b65").data, Some(EntryData::Object(d65)));
-    assert_eq!(find(&layer, b"./dir/contig").data, Some(EntryData::Object(d65)));
+    assert_eq!(
+        find(&layer, b"./dir/b65").data,
+        Some(EntryData::Object(d65))
+    );
+    assert_eq!(
+        find(&layer, b"./dir/contig").data,
+        Some(EntryData::Object(d65))
+    );
     assert_eq!(find(&layer, b"./dir/contig").kind, EntryKind::Regular);
     let dbig = digest_bytes(Algorithm::Sha256, &big);
-    assert_eq!(find(&layer, b"./dir/big").data, Some(EntryData::Object(dbig)));
+    assert_eq!(
+        find(&layer, b"./dir/big").data,
+        Some(EntryData::Object(dbig))
+    );
     assert_eq!(find(&layer, b"./dir/big").size, 3 << 20);
-    assert_eq!(find(&layer, b"./dir/page").data, Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &page))));
-    assert_eq!(find(&layer, b"./dir/sym").kind, EntryKind::Symlink(b"../target".to_vec()));
+    assert_eq!(
+        find(&layer, b"./dir/page").data,
+        Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &page)))
+    );
+    assert_eq!(
+        find(&layer, b"./dir/sym").kind,
+        EntryKind::Symlink(b"../target".to_vec())
+    );
     let h = find(&layer, b"./dir/hard");
-    assert_eq!((h.kind.clone(), h.size, h.data.clone()), (EntryKind::Hardlink(b"./dir/b65".to_vec()), 0, None));
+    assert_eq!(
+        (h.kind.clone(), h.size, h.data.clone()),
+        (EntryKind::Hardlink(b"./dir/b65".to_vec()), 0, None)
+    );
     let n = find(&layer, b"./dev/null");
-    assert_eq!((n.kind.clone(), n.rdev), (EntryKind::CharDevice, makedev(1, 3)));
+    assert_eq!(
+        (n.kind.clone(), n.rdev),
+        (EntryKind::CharDevice, makedev(1, 3))
+    );
     assert_eq!(n.rdev, 0x103);
     let s = find(&layer, b"./dev/sda");
-    assert_eq!((s.kind.clone(), s.rdev), (EntryKind::BlockDevice, 0x1230_0845));
+    assert_eq!(
+        (s.kind.clone(), s.rdev),
+        (EntryKind::BlockDevice, 0x1230_0845)
+    );
     assert_eq!(find(&layer, b"./fifo").kind, EntryKind::Fifo);
 
     // Two references to one object: the table keeps both, object_refs dedups.
@@ -245,25 +296,44 @@ fn gnu_long_names_and_links() {
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o600);
     h.set_size(100);
-    b.append_data(&mut h, &long_path, &noise(100, 9)[..]).unwrap();
+    b.append_data(&mut h, &long_path, &noise(100, 9)[..])
+        .unwrap();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
-    b.append_link(&mut h, format!("{long_dir}/link"), &long_target).unwrap();
+    b.append_link(&mut h, format!("{long_dir}/link"), &long_target)
+        .unwrap();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Link);
     h.set_size(0);
-    b.append_link(&mut h, format!("{long_dir}/hard-{}", "h".repeat(100)), &long_path).unwrap();
+    b.append_link(
+        &mut h,
+        format!("{long_dir}/hard-{}", "h".repeat(100)),
+        &long_path,
+    )
+    .unwrap();
     let t = b.into_inner().unwrap();
-    assert!(t.windows(13).any(|w| w == b"././@LongLink"), "tar crate wrote no GNU long names");
+    assert!(
+        t.windows(13).any(|w| w == b"././@LongLink"),
+        "tar crate wrote no GNU long names"
+    );
     let layer = roundtrip(&t);
     assert_eq!(layer.entries.len(), 3);
     assert_eq!(layer.entries[0].path, long_path.as_bytes());
     assert_eq!(layer.entries[0].mode, 0o600);
     assert_eq!(layer.entries[0].size, 100);
-    assert_eq!(layer.entries[1].kind, EntryKind::Symlink(long_target.into_bytes()));
-    assert_eq!(layer.entries[2].kind, EntryKind::Hardlink(long_path.clone().into_bytes()));
-    assert_eq!(layer.entries[2].path, format!("{long_dir}/hard-{}", "h".repeat(100)).as_bytes());
+    assert_eq!(
+        layer.entries[1].kind,
+        EntryKind::Symlink(long_target.into_bytes())
+    );
+    assert_eq!(
+        layer.entries[2].kind,
+        EntryKind::Hardlink(long_path.clone().into_bytes())
+    );
+    assert_eq!(
+        layer.entries[2].path,
+        format!("{long_dir}/hard-{}", "h".repeat(100)).as_bytes()
+    );
 }
 
 #[test]
@@ -276,7 +346,10 @@ fn ustar_prefix() {
     let t = b.into_inner().unwrap();
     let layer = roundtrip(&t);
     assert_eq!(layer.entries[0].path, path.as_bytes());
-    assert_eq!(layer.entries[0].data, Some(EntryData::Inline(b"abc".to_vec())));
+    assert_eq!(
+        layer.entries[0].data,
+        Some(EntryData::Inline(b"abc".to_vec()))
+    );
 }
 
 #[test]
@@ -303,13 +376,21 @@ fn pax_records() {
     );
     push(&mut t, hdr(b"short-name", b'0', data.len() as u64), &data);
     // PAX size overrides the header's (which a writer may leave 0).
-    push_pax(&mut t, b'x', &[(b"size", b"70"), (b"linkpath", b"ignored for files")]);
+    push_pax(
+        &mut t,
+        b'x',
+        &[(b"size", b"70"), (b"linkpath", b"ignored for files")],
+    );
     let mut h = hdr(b"sized", b'0', 0);
     octal(&mut h[124..136], 0);
     push(&mut t, h, &noise(70, 6));
     // A symlink with a long PAX linkpath; a later 'x' overrides an earlier one.
     let target = format!("/{}", "T".repeat(400));
-    push_pax(&mut t, b'x', &[(b"linkpath", b"first"), (b"mtime", b"-1.25")]);
+    push_pax(
+        &mut t,
+        b'x',
+        &[(b"linkpath", b"first"), (b"mtime", b"-1.25")],
+    );
     push_pax(&mut t, b'x', &[(b"linkpath", target.as_bytes())]);
     push(&mut t, hdr(b"lnk", b'2', 0), b"");
     // A global header is kept and ignored.
@@ -321,10 +402,19 @@ fn pax_records() {
     assert_eq!(layer.entries.len(), 4);
     let f = &layer.entries[0];
     assert_eq!(f.path, long.as_bytes());
-    assert_eq!(f.mtime, Timespec { sec: 1_700_000_000, nsec: 123_456_789 });
+    assert_eq!(
+        f.mtime,
+        Timespec {
+            sec: 1_700_000_000,
+            nsec: 123_456_789
+        }
+    );
     assert_eq!((f.uid, f.gid), (3_000_000_000, 4_000_000));
     assert_eq!(f.size, 1000);
-    assert_eq!(f.data, Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &data))));
+    assert_eq!(
+        f.data,
+        Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &data)))
+    );
     assert_eq!(
         f.xattrs,
         vec![
@@ -348,7 +438,13 @@ fn pax_records() {
     assert!(s.xattrs.is_empty(), "PAX records apply to one entry only");
     let l = &layer.entries[2];
     assert_eq!(l.kind, EntryKind::Symlink(target.into_bytes()));
-    assert_eq!(l.mtime, Timespec { sec: -2, nsec: 750_000_000 });
+    assert_eq!(
+        l.mtime,
+        Timespec {
+            sec: -2,
+            nsec: 750_000_000
+        }
+    );
     assert_eq!(layer.entries[3].path, b"after-global");
     assert_eq!(layer.entries[3].kind, EntryKind::Directory);
 }
@@ -356,8 +452,13 @@ fn pax_records() {
 #[test]
 fn tar_crate_pax_xattrs() {
     let mut b = tar::Builder::new(Vec::new());
-    let cap = vec![1u8, 0, 0, 2, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let body = pax_body(&[(b"SCHILY.xattr.security.capability", &cap[..]), (b"mtime", b"5.000000001")]);
+    let cap = vec![
+        1u8, 0, 0, 2, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let body = pax_body(&[
+        (b"SCHILY.xattr.security.capability", &cap[..]),
+        (b"mtime", b"5.000000001"),
+    ]);
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::XHeader);
     h.set_size(body.len() as u64);
@@ -366,7 +467,8 @@ fn tar_crate_pax_xattrs() {
     b.append(&h, &body[..]).unwrap();
     let mut h = tar::Header::new_ustar();
     h.set_size(200);
-    b.append_data(&mut h, "bin/ping", &noise(200, 8)[..]).unwrap();
+    b.append_data(&mut h, "bin/ping", &noise(200, 8)[..])
+        .unwrap();
     let t = b.into_inner().unwrap();
     let layer = roundtrip(&t);
     assert_eq!(layer.entries.len(), 1);
@@ -388,7 +490,10 @@ fn base256_fields() {
     let layer = roundtrip(&t);
     let e = &layer.entries[0];
     assert_eq!((e.size, e.uid, e.mtime.sec), (300, 5_000_000, -86400));
-    assert_eq!(e.data, Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &data))));
+    assert_eq!(
+        e.data,
+        Some(EntryData::Object(digest_bytes(Algorithm::Sha256, &data)))
+    );
 }
 
 #[test]
@@ -413,7 +518,10 @@ fn old_style_and_trailers() {
     assert_eq!(layer.entries.len(), 3);
     assert_eq!(layer.entries[0].kind, EntryKind::Directory);
     assert_eq!(layer.entries[0].data, None);
-    assert_eq!(layer.entries[1].data, Some(EntryData::Inline(b"hello".to_vec())));
+    assert_eq!(
+        layer.entries[1].data,
+        Some(EntryData::Inline(b"hello".to_vec()))
+    );
 
     // Many zero blocks, then garbage that is not a multiple of 512.
     let mut t = base.clone();
@@ -463,7 +571,10 @@ fn large_objects_stream_and_dedup() {
     let first = roundtrip_in(&t, &objects);
     assert_eq!(first.stats.object_files, 3);
     assert_eq!(first.stats.objects_written, 2);
-    assert_eq!(first.stats.objects_written_bytes, (big.len() + mid.len()) as u64);
+    assert_eq!(
+        first.stats.objects_written_bytes,
+        (big.len() + mid.len()) as u64
+    );
     let dbig = digest_bytes(Algorithm::Sha256, &big);
     assert_eq!(first.entries[0].data, Some(EntryData::Object(dbig)));
     assert_eq!(fs::read(objects.object_path(&dbig)).unwrap(), big);
@@ -491,7 +602,10 @@ fn sha512_objects() {
     let layer = roundtrip_in(&t, &objects);
     assert_eq!(
         layer.entries[0].data,
-        Some(EntryData::Object(digest_bytes(Algorithm::Sha512, &noise(5000, 1))))
+        Some(EntryData::Object(digest_bytes(
+            Algorithm::Sha512,
+            &noise(5000, 1)
+        )))
     );
 }
 
@@ -510,7 +624,11 @@ fn sample() -> Vec<u8> {
     let mut t = Vec::new();
     push(&mut t, hdr(b"a", b'0', 3), b"abc");
     push(&mut t, hdr(b"big", b'0', 1000), &noise(1000, 3));
-    push_pax(&mut t, b'x', &[(b"path", b"pax-path"), (b"SCHILY.xattr.user.x", b"1")]);
+    push_pax(
+        &mut t,
+        b'x',
+        &[(b"path", b"pax-path"), (b"SCHILY.xattr.user.x", b"1")],
+    );
     push(&mut t, hdr(b"c", b'0', 100), &noise(100, 4));
     end(&mut t);
     t
@@ -522,7 +640,10 @@ fn truncated() {
     // Inside the first header, inside data, inside padding, inside the PAX body.
     for cut in [100, 512 + 1, 1024 + 300, 1024 + 1500, 3072 + 10] {
         let e = import_err(&t[..cut]);
-        assert!(matches!(e, LayerError::Truncated { .. }), "cut at {cut}: {e}");
+        assert!(
+            matches!(e, LayerError::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
     }
     let e = import_err(&t[..1536 + 500]);
     let msg = e.to_string();
@@ -553,13 +674,31 @@ fn absurd_size() {
     base256(&mut h[124..136], -5);
     push(&mut t, h, b"");
     let e = import_err(&t);
-    assert!(matches!(e, LayerError::BadNumber { field: "size field", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerError::BadNumber {
+                field: "size field",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A PAX size beyond u64.
     let mut t = Vec::new();
     push_pax(&mut t, b'x', &[(b"size", b"99999999999999999999999")]);
     push(&mut t, hdr(b"f", b'0', 0), b"");
     let e = import_err(&t);
-    assert!(matches!(e, LayerError::BadNumber { field: "PAX size", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerError::BadNumber {
+                field: "PAX size",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -576,9 +715,16 @@ fn giant_records() {
     let mut t = Vec::new();
     push(&mut t, hdr(b"PaxHeaders/x", b'x', 2 << 20), b"");
     let e = import_err(&t);
-    assert!(matches!(e, LayerError::TooLarge { size: 0x200000, .. }), "{e}");
+    assert!(
+        matches!(e, LayerError::TooLarge { size: 0x200000, .. }),
+        "{e}"
+    );
     let mut t = Vec::new();
-    push(&mut t, hdr(b"././@LongLink", b'L', u64::from(u32::MAX)), b"");
+    push(
+        &mut t,
+        hdr(b"././@LongLink", b'L', u64::from(u32::MAX)),
+        b"",
+    );
     let e = import_err(&t);
     assert!(matches!(e, LayerError::TooLarge { .. }), "{e}");
     // Many records below the cap, adding up beyond the per-entry total.
@@ -606,7 +752,11 @@ fn malformed_pax() {
         push(&mut t, hdr(b"f", b'0', 0), b"");
         end(&mut t);
         let e = import_err(&t);
-        assert!(matches!(e, LayerError::BadPax { .. }), "{:?}: {e}", String::from_utf8_lossy(body));
+        assert!(
+            matches!(e, LayerError::BadPax { .. }),
+            "{:?}: {e}",
+            String::from_utf8_lossy(body)
+        );
     }
 }
 
@@ -627,16 +777,34 @@ fn unsupported_and_bad_fields() {
     h[100..108].copy_from_slice(b"0006z4\0\0");
     push(&mut t, h, b"");
     let e = import_err(&t);
-    assert!(matches!(e, LayerError::BadNumber { field: "mode field", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerError::BadNumber {
+                field: "mode field",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("badmode"), "{e}");
     let mut t = Vec::new();
     push_pax(&mut t, b'x', &[(b"uid", b"4294967296")]);
     push(&mut t, hdr(b"f", b'0', 0), b"");
-    assert!(matches!(import_err(&t), LayerError::BadNumber { field: "uid", .. }));
+    assert!(matches!(
+        import_err(&t),
+        LayerError::BadNumber { field: "uid", .. }
+    ));
     let mut t = Vec::new();
     push_pax(&mut t, b'x', &[(b"mtime", b"12.x")]);
     push(&mut t, hdr(b"f", b'0', 0), b"");
-    assert!(matches!(import_err(&t), LayerError::BadNumber { field: "PAX mtime", .. }));
+    assert!(matches!(
+        import_err(&t),
+        LayerError::BadNumber {
+            field: "PAX mtime",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -656,7 +824,17 @@ fn cat_checks_objects() {
     fs::set_permissions(&path, perm).unwrap();
     fs::write(&path, b"short").unwrap();
     let e = cat(&layer.splitstream, &objects, &mut Vec::new()).unwrap_err();
-    assert!(matches!(e, LayerError::ObjectSize { expected: 1000, actual: 5, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerError::ObjectSize {
+                expected: 1000,
+                actual: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -668,7 +846,10 @@ fn corrupt_splitstreams() {
     assert!(read_entries(b"nope").is_err());
     let mut bad = s.clone();
     bad[8] = 9;
-    assert!(read_entries(&bad).unwrap_err().to_string().contains("version"));
+    assert!(read_entries(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("version"));
     let mut bad = s.clone();
     bad[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(read_entries(&bad).is_err());
@@ -676,7 +857,10 @@ fn corrupt_splitstreams() {
     // Truncating anywhere fails cleanly.
     for cut in 0..s.len() {
         assert!(read_entries(&s[..cut]).is_err(), "cut at {cut}");
-        assert!(cat(&s[..cut], &objects, &mut Vec::new()).is_err(), "cut at {cut}");
+        assert!(
+            cat(&s[..cut], &objects, &mut Vec::new()).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -767,7 +951,11 @@ fn corpus_check(path: &std::path::Path) -> f64 {
     let mut hasher = HashWriter(Sha256::new());
     cat(&layer.splitstream, &objects, &mut hasher).unwrap();
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    assert_eq!(hex::encode(hasher.0.finalize()), name, "cat does not rebuild {name}");
+    assert_eq!(
+        hex::encode(hasher.0.finalize()),
+        name,
+        "cat does not rebuild {name}"
+    );
     assert_eq!(read_entries(&layer.splitstream).unwrap(), layer.entries);
     let mbps = len as f64 / secs / 1e6;
     println!(
@@ -785,8 +973,18 @@ fn corpus_check(path: &std::path::Path) -> f64 {
 /// User + system CPU time of this process so far (Linux), in seconds.
 fn cpu_secs() -> f64 {
     let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (ticks of 1/100 s).
     (ticks(11) + ticks(12)) / 100.0
 }
