@@ -15,7 +15,8 @@
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use super::tar::{read_full, EntryName, Input, LayerError, Parser};
 use super::{EntryData, LayerEntry};
@@ -166,33 +167,39 @@ fn enc_err(e: io::Error) -> LayerError {
     LayerError::Splitstream(format!("cannot encode: {e}"))
 }
 
-/// Messages to the object worker: each object is `Begin`, its data in
-/// chunks, `End`.
-enum Msg {
-    Begin(u64),
-    Data(Vec<u8>),
-    End,
+/// Work for the object workers. Each payload has an index (its position in
+/// the digest table).
+enum Job {
+    /// A whole object of at most [`BUFFER_MAX`] bytes.
+    Bytes(usize, Vec<u8>),
+    /// A larger object of the given size, whose data arrives in chunks (the
+    /// sender is dropped after the last one).
+    Stream(usize, u64, mpsc::Receiver<Vec<u8>>),
 }
 
-/// The worker stopped (its error is reported instead).
+/// What a worker reports for one object.
+type Outcome = (usize, Result<(Digest, Added), ObjectError>);
+
+/// The worker pool stopped (the real error is reported instead).
 fn worker_gone() -> LayerError {
     LayerError::Splitstream("object writer stopped".into())
 }
 
-/// The import-side [`Input`]: reads the tar, records inline bytes, and sends
-/// payloads to the object worker.
-struct Importer<R> {
+/// The import-side [`Input`]: reads the tar, records inline bytes, and hands
+/// payloads to the object workers.
+struct Importer<'a, R> {
     reader: R,
     offset: u64,
     rec: RecordWriter,
-    tx: mpsc::SyncSender<Msg>,
+    jobs: mpsc::SyncSender<Job>,
     recycled: mpsc::Receiver<Vec<u8>>,
+    failed: &'a AtomicBool,
     scratch: Vec<u8>,
     /// The entry of each payload, in order (for error messages).
     payload_entries: Vec<EntryName>,
 }
 
-impl<R: Read> Importer<R> {
+impl<R: Read> Importer<'_, R> {
     fn pump(&mut self, limit: Option<u64>) -> io::Result<u64> {
         let mut done = 0u64;
         loop {
@@ -212,9 +219,36 @@ impl<R: Read> Importer<R> {
             }
         }
     }
+
+    /// Reads exactly `want` payload bytes into `buf` (cleared first).
+    fn read_chunk(
+        &mut self,
+        buf: &mut Vec<u8>,
+        want: u64,
+        entry: &EntryName,
+    ) -> Result<(), LayerError> {
+        buf.clear();
+        buf.reserve_exact(want as usize);
+        let n = (&mut self.reader)
+            .take(want)
+            .read_to_end(buf)
+            .map_err(|e| LayerError::Io {
+                entry: entry.clone(),
+                source: e,
+            })? as u64;
+        self.offset += n;
+        if n < want {
+            return Err(LayerError::Truncated {
+                entry: entry.clone(),
+                offset: self.offset,
+                what: "file data",
+            });
+        }
+        Ok(())
+    }
 }
 
-impl<R: Read> Input for Importer<R> {
+impl<R: Read> Input for Importer<'_, R> {
     fn offset(&self) -> u64 {
         self.offset
     }
@@ -235,107 +269,129 @@ impl<R: Read> Input for Importer<R> {
     }
 
     fn payload(&mut self, size: u64, entry: &EntryName) -> Result<Option<Digest>, LayerError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(worker_gone());
+        }
+        let index = self.payload_entries.len();
         self.payload_entries.push(entry.clone());
         self.rec.reference(size).map_err(enc_err)?;
-        self.tx.send(Msg::Begin(size)).map_err(|_| worker_gone())?;
+        if size <= BUFFER_MAX {
+            let mut data = Vec::new();
+            self.read_chunk(&mut data, size, entry)?;
+            self.jobs
+                .send(Job::Bytes(index, data))
+                .map_err(|_| worker_gone())?;
+            return Ok(None);
+        }
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        self.jobs
+            .send(Job::Stream(index, size, rx))
+            .map_err(|_| worker_gone())?;
         let mut left = size;
         while left > 0 {
             let want = left.min(CHUNK as u64);
             let mut buf = self.recycled.try_recv().unwrap_or_default();
-            buf.clear();
-            buf.reserve_exact(want as usize);
-            let n = (&mut self.reader)
-                .take(want)
-                .read_to_end(&mut buf)
-                .map_err(|e| LayerError::Io {
-                    entry: entry.clone(),
-                    source: e,
-                })? as u64;
-            self.offset += n;
-            if n < want {
-                return Err(LayerError::Truncated {
-                    entry: entry.clone(),
-                    offset: self.offset,
-                    what: "file data",
-                });
-            }
-            left -= n;
-            self.tx.send(Msg::Data(buf)).map_err(|_| worker_gone())?;
+            self.read_chunk(&mut buf, want, entry)?;
+            left -= want;
+            tx.send(buf).map_err(|_| worker_gone())?;
         }
-        self.tx.send(Msg::End).map_err(|_| worker_gone())?;
         Ok(None)
     }
 }
 
-/// Stores the objects sent over `rx`, in order. On failure returns the
-/// index of the failing object.
+/// Stores the objects of the jobs it takes from `jobs` until that closes.
 fn store_worker(
     objects: &ObjectDir,
-    rx: mpsc::Receiver<Msg>,
+    jobs: &Mutex<mpsc::Receiver<Job>>,
+    results: mpsc::Sender<Outcome>,
     recycle: mpsc::Sender<Vec<u8>>,
-) -> Result<Vec<(Digest, Added)>, (usize, ObjectError)> {
-    let mut out = Vec::new();
-    // A disconnect mid-object means the parser failed: stop quietly (an
-    // unfinished ObjectWriter removes its temporary file).
-    'objects: while let Ok(msg) = rx.recv() {
-        let Msg::Begin(size) = msg else {
-            continue;
+    failed: &AtomicBool,
+) {
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            rx.recv()
         };
-        let index = out.len();
-        if size <= BUFFER_MAX {
-            let mut data = Vec::with_capacity(size as usize);
-            loop {
-                match rx.recv() {
-                    Ok(Msg::Data(chunk)) => {
-                        data.extend_from_slice(&chunk);
-                        let _ = recycle.send(chunk);
-                    }
-                    Ok(Msg::End) => break,
-                    Ok(Msg::Begin(_)) | Err(_) => break 'objects,
-                }
-            }
-            out.push(objects.add_bytes(&data).map_err(|e| (index, e))?);
-        } else {
-            let mut w = objects.writer().map_err(|e| (index, e))?;
-            loop {
-                match rx.recv() {
-                    Ok(Msg::Data(chunk)) => {
-                        w.write_all(&chunk).map_err(|e| {
-                            (
-                                index,
-                                ObjectError {
-                                    path: objects.path().to_path_buf(),
-                                    what: "cannot write object data",
-                                    source: e,
-                                },
-                            )
-                        })?;
-                        let _ = recycle.send(chunk);
-                    }
-                    Ok(Msg::End) => break,
-                    Ok(Msg::Begin(_)) | Err(_) => break 'objects,
-                }
-            }
-            out.push(w.commit().map_err(|e| (index, e))?);
+        let Ok(job) = job else {
+            return;
+        };
+        if failed.load(Ordering::Relaxed) {
+            continue; // drain without working
         }
+        let (index, result) = match job {
+            Job::Bytes(index, data) => (index, objects.add_bytes(&data)),
+            Job::Stream(index, size, chunks) => {
+                let mut w = match objects.writer() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        let _ = results.send((index, Err(e)));
+                        continue;
+                    }
+                };
+                let mut write_err = None;
+                for chunk in chunks {
+                    if write_err.is_none() {
+                        if let Err(e) = w.write_all(&chunk) {
+                            write_err = Some(e);
+                        }
+                    }
+                    let _ = recycle.send(chunk);
+                }
+                match write_err {
+                    Some(e) => (
+                        index,
+                        Err(ObjectError {
+                            path: objects.path().to_path_buf(),
+                            what: "cannot write object data",
+                            source: e,
+                        }),
+                    ),
+                    // Fewer bytes than announced: the parser failed; it reports why.
+                    None if w.len() != size => continue,
+                    None => (index, w.commit()),
+                }
+            }
+        };
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        let _ = results.send((index, result));
     }
-    Ok(out)
+}
+
+/// Number of object worker threads.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
 }
 
 /// Decodes a layer tar from `reader`, storing file contents larger than
-/// [`INLINE_MAX`](super::tar::INLINE_MAX) bytes in `objects`, and returns its splitstream and entries.
+/// [`INLINE_MAX`](super::tar::INLINE_MAX) bytes in `objects`, and returns its
+/// splitstream and entries. Objects are hashed and written by worker
+/// threads while the tar is being read.
 pub fn import_layer(reader: impl Read, objects: &ObjectDir) -> Result<ImportedLayer, LayerError> {
     let alg = objects.algorithm();
-    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let n_workers = workers();
+    let (jobs_tx, jobs_rx) = mpsc::sync_channel(2 * n_workers);
+    let jobs_rx = Mutex::new(jobs_rx);
+    let (results_tx, results) = mpsc::channel();
     let (recycle_tx, recycled) = mpsc::channel();
-    std::thread::scope(|s| {
-        let worker = s.spawn(move || store_worker(objects, rx, recycle_tx));
+    let failed = AtomicBool::new(false);
+    let rec = RecordWriter::new().map_err(enc_err)?;
+    let (parsed, mut entries, mut stats, importer) = std::thread::scope(|s| {
+        for _ in 0..n_workers {
+            let (jobs_rx, results_tx, recycle_tx, failed) =
+                (&jobs_rx, results_tx.clone(), recycle_tx.clone(), &failed);
+            s.spawn(move || store_worker(objects, jobs_rx, results_tx, recycle_tx, failed));
+        }
+        drop((results_tx, recycle_tx));
         let mut parser = Parser::new(Importer {
             reader,
             offset: 0,
-            rec: RecordWriter::new().map_err(enc_err)?,
-            tx,
+            rec,
+            jobs: jobs_tx,
             recycled,
+            failed: &failed,
             scratch: vec![0u8; INLINE_RECORD],
             payload_entries: Vec::new(),
         });
@@ -355,63 +411,68 @@ pub fn import_layer(reader: impl Read, objects: &ObjectDir) -> Result<ImportedLa
             }
             Ok::<(), LayerError>(())
         })();
+        // Dropping the parser closes the job queue; the scope then waits
+        // for the workers to finish.
         let Importer {
             rec,
-            tx,
             offset,
             payload_entries,
             ..
         } = parser.input;
-        drop(tx);
-        let stored = match worker.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        let stored = match (parsed, stored) {
-            (_, Err((i, source))) => {
-                let entry = payload_entries.get(i).cloned().unwrap_or(EntryName {
-                    path: String::new(),
-                    offset,
-                });
-                return Err(LayerError::Object { entry, source });
+        (parsed, entries, stats, (rec, offset, payload_entries))
+    });
+    let (rec, offset, payload_entries) = importer;
+    let mut stored: Vec<Option<(Digest, Added)>> = vec![None; payload_entries.len()];
+    let mut first_err: Option<(usize, ObjectError)> = None;
+    for (index, result) in results.try_iter() {
+        match result {
+            Ok(r) => {
+                if let Some(slot) = stored.get_mut(index) {
+                    *slot = Some(r);
+                }
             }
-            (Err(e), Ok(_)) => return Err(e),
-            (Ok(()), Ok(stored)) => stored,
-        };
-        if stored.len() as u64 != rec.refs {
-            return Err(worker_gone());
-        }
-        let mut digests = stored.iter().map(|(d, _)| *d);
-        for e in &mut entries {
-            if let Some(EntryData::Object(d)) = &mut e.data {
-                *d = digests.next().ok_or_else(worker_gone)?;
+            Err(e) => {
+                if first_err.as_ref().is_none_or(|(i, _)| index < *i) {
+                    first_err = Some((index, e));
+                }
             }
         }
-        for (_, added) in &stored {
+    }
+    if let Some((index, source)) = first_err {
+        let entry = payload_entries.get(index).cloned().unwrap_or(EntryName {
+            path: String::new(),
+            offset,
+        });
+        return Err(LayerError::Object { entry, source });
+    }
+    parsed?;
+    let stored: Vec<(Digest, Added)> = stored
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(worker_gone)?;
+    if stored.len() as u64 != rec.refs {
+        return Err(worker_gone());
+    }
+    let mut next = stored.iter();
+    for e in &mut entries {
+        if let Some(EntryData::Object(d)) = &mut e.data {
+            let (digest, added) = next.next().ok_or_else(worker_gone)?;
+            *d = *digest;
             if let Added::Written { .. } = added {
                 stats.objects_written += 1;
+                stats.objects_written_bytes += e.size;
             }
         }
-        stats.objects_written_bytes = stored
-            .iter()
-            .zip(
-                entries
-                    .iter()
-                    .filter(|e| matches!(e.data, Some(EntryData::Object(_)))),
-            )
-            .filter(|((_, a), _)| matches!(a, Added::Written { .. }))
-            .map(|(_, e)| e.size)
-            .sum();
-        let table: Vec<Digest> = stored.into_iter().map(|(d, _)| d).collect();
-        stats.tar_bytes = rec.tar_size;
-        stats.entries = entries.len() as u64;
-        let splitstream = rec.finish(alg, &table).map_err(enc_err)?;
-        stats.splitstream_bytes = splitstream.len() as u64;
-        Ok(ImportedLayer {
-            splitstream,
-            entries,
-            stats,
-        })
+    }
+    let table: Vec<Digest> = stored.into_iter().map(|(d, _)| d).collect();
+    stats.tar_bytes = rec.tar_size;
+    stats.entries = entries.len() as u64;
+    let splitstream = rec.finish(alg, &table).map_err(enc_err)?;
+    stats.splitstream_bytes = splitstream.len() as u64;
+    Ok(ImportedLayer {
+        splitstream,
+        entries,
+        stats,
     })
 }
 
