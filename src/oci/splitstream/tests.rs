@@ -657,6 +657,18 @@ fn truncated() {
 }
 
 #[test]
+fn truncated_large_file_leaves_no_temporary() {
+    let mut t = Vec::new();
+    let big = noise(BUFFER_MAX as usize + (3 << 20), 1);
+    push(&mut t, hdr(b"huge-file", b'0', big.len() as u64), &big);
+    let (_dir, objects) = store();
+    let e = import_err_in(&t[..t.len() - (2 << 20)], &objects);
+    assert!(matches!(e, LayerError::Truncated { .. }), "{e}");
+    let left: Vec<_> = fs::read_dir(objects.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn absurd_size() {
     let mut t = Vec::new();
     push(&mut t, hdr(b"huge", b'0', 0o77777777777), b"small");
@@ -805,6 +817,31 @@ fn unsupported_and_bad_fields() {
             ..
         }
     ));
+}
+
+#[test]
+fn object_store_failure_names_entry() {
+    let (dir, objects) = store();
+    // The object directory disappears: creating objects in it fails.
+    fs::remove_dir_all(dir.path().join("objects")).unwrap();
+    let e = import_err_in(&sample(), &objects);
+    assert!(matches!(e, LayerError::Object { .. }), "{e}");
+    assert!(e.to_string().contains("\"big\""), "{e}");
+    // Large (streamed) objects too.
+    let mut t = Vec::new();
+    let big = noise(BUFFER_MAX as usize + 1, 1);
+    push(&mut t, hdr(b"huge-file", b'0', big.len() as u64), &big);
+    end(&mut t);
+    let e = import_err_in(&t, &objects);
+    assert!(matches!(e, LayerError::Object { .. }), "{e}");
+    assert!(e.to_string().contains("huge-file"), "{e}");
+}
+
+fn import_err_in(t: &[u8], objects: &ObjectDir) -> LayerError {
+    match import_layer(t, objects) {
+        Ok(l) => panic!("import succeeded with {} entries", l.entries.len()),
+        Err(e) => e,
+    }
 }
 
 #[test]
