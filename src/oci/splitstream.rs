@@ -60,7 +60,9 @@ pub struct ImportStats {
     /// Regular files stored as objects, and their total size.
     pub object_files: u64,
     pub object_bytes: u64,
-    /// Of those, objects that were new to the object directory, and their size.
+    /// Of those, objects that were new to the object directory, and their
+    /// size. (A file that appears twice in one layer may rarely be counted
+    /// twice, when two workers store it at the same time.)
     pub objects_written: u64,
     pub objects_written_bytes: u64,
     /// Size of the encoded splitstream.

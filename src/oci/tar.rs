@@ -28,7 +28,8 @@
 //!
 //! Hostile input cannot make the parser allocate more than a fixed amount:
 //! extended records are capped at [`META_MAX`] bytes each and
-//! [`META_TOTAL_MAX`] per entry, and bodies are streamed in bounded chunks.
+//! [`META_TOTAL_MAX`] per entry, xattrs at [`MAX_XATTRS`] per entry, and
+//! bodies are streamed in bounded chunks.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -51,6 +52,9 @@ pub const META_MAX: u64 = 1 << 20;
 
 /// Largest total of extended records accepted before one entry.
 pub const META_TOTAL_MAX: u64 = 4 << 20;
+
+/// Most extended attributes accepted on one entry.
+pub const MAX_XATTRS: usize = 4096;
 
 /// Longest entry name quoted in error messages.
 const NAME_IN_ERRORS: usize = 256;
@@ -403,8 +407,12 @@ fn parse_pax(mut data: &[u8], p: &mut Pending, entry: &EntryName) -> Result<(), 
                 if name.is_empty() {
                     return Err(bad("empty xattr name".into()));
                 }
+                let count = p.xattrs.len();
                 match p.xattrs.iter_mut().find(|x| x.name == name) {
                     Some(x) => x.value = value.to_vec(),
+                    None if count >= MAX_XATTRS => {
+                        return Err(bad(format!("more than {MAX_XATTRS} xattrs")))
+                    }
                     None => p.xattrs.push(Xattr {
                         name: name.to_vec(),
                         value: value.to_vec(),

@@ -750,6 +750,26 @@ fn giant_records() {
 }
 
 #[test]
+fn too_many_xattrs() {
+    let names: Vec<String> = (0..=4096)
+        .map(|i| format!("SCHILY.xattr.user.{i}"))
+        .collect();
+    let kv: Vec<(&[u8], &[u8])> = names.iter().map(|n| (n.as_bytes(), &b"v"[..])).collect();
+    let mut t = Vec::new();
+    push_pax(&mut t, b'x', &kv);
+    push(&mut t, hdr(b"f", b'0', 0), b"");
+    end(&mut t);
+    let e = import_err(&t);
+    assert!(matches!(e, LayerError::BadPax { .. }), "{e}");
+    // One fewer is fine.
+    let mut t = Vec::new();
+    push_pax(&mut t, b'x', &kv[..4096]);
+    push(&mut t, hdr(b"f", b'0', 0), b"");
+    end(&mut t);
+    assert_eq!(roundtrip(&t).entries[0].xattrs.len(), 4096);
+}
+
+#[test]
 fn malformed_pax() {
     for body in [
         &b"99999999999999999999999 path=x\n"[..],
