@@ -1,6 +1,12 @@
 //! OCI images: sources (image layouts, archives), manifests and configs,
 //! layer decoding (tar + gzip/zstd), splitstreams, and the import pipeline.
 
+pub mod splitstream;
+pub mod tar;
+
+pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats, ImportedLayer};
+pub use tar::LayerError;
+
 use erofs::tree::{Timespec, Xattr};
 
 use crate::fsverity::Digest;

@@ -223,21 +223,41 @@ impl ObjectDir {
         digest: &Digest,
         fill: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Result<Added, ObjectError> {
-        let rel = digest.object_path();
-        if rustix::fs::statat(&self.dir, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        if self.contains(digest) {
             return Ok(Added::Present);
         }
-        let sub = &rel[..2];
-        match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(oe(self.path.join(sub), "cannot create directory", e)),
+        let tmp = self.tmp_file()?;
+        if let Err(e) = fill(tmp.3.as_fd()) {
+            let _ = rustix::fs::unlinkat(tmp.0, tmp.1.as_str(), AtFlags::empty());
+            return Err(oe(&tmp.2, "cannot write object data", e));
         }
-        let (tmp_dir, tmp_name, tmp_path, fd) = self.tmp_file()?;
+        self.install(digest, tmp)
+    }
+
+    /// Moves a filled temporary file into place as object `digest` (which the
+    /// caller checked is absent): read-only mode, fs-verity, rename. The
+    /// temporary file is removed on failure.
+    fn install(
+        &self,
+        digest: &Digest,
+        (tmp_dir, tmp_name, tmp_path, fd): (BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd),
+    ) -> Result<Added, ObjectError> {
+        let rel = digest.object_path();
         let cleanup = |e: ObjectError| {
             let _ = rustix::fs::unlinkat(tmp_dir, tmp_name.as_str(), AtFlags::empty());
             e
         };
-        fill(fd.as_fd()).map_err(|e| cleanup(oe(&tmp_path, "cannot write object data", e)))?;
+        let sub = &rel[..2];
+        match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(cleanup(oe(
+                    self.path.join(sub),
+                    "cannot create directory",
+                    e,
+                )))
+            }
+        }
         let size = rustix::fs::fstat(&fd)
             .map(|s| s.st_size as u64)
             .unwrap_or(0);
@@ -258,6 +278,19 @@ impl ObjectDir {
         self.written.fetch_add(1, Ordering::Relaxed);
         self.written_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Added::Written { verity })
+    }
+
+    /// Starts adding an object whose bytes are not known in advance: write
+    /// them to the returned [`ObjectWriter`] (which hashes as it goes), then
+    /// [`ObjectWriter::commit`]. Dropping the writer without committing
+    /// removes its temporary file.
+    pub fn writer(&self) -> Result<ObjectWriter<'_>, ObjectError> {
+        let (dir, name, path, fd) = self.tmp_file()?;
+        Ok(ObjectWriter {
+            objects: self,
+            hasher: fsverity::FsVerityHasher::new(self.alg),
+            tmp: Some((dir, name, path, fs::File::from(fd))),
+        })
     }
 
     fn try_enable_verity(
@@ -287,6 +320,73 @@ impl ObjectDir {
     /// Flushes everything written to the object directory's filesystem.
     pub fn sync(&self) -> Result<(), ObjectError> {
         rustix::fs::syncfs(&self.dir).map_err(|e| oe(&self.path, "syncfs", e))
+    }
+}
+
+/// A streaming insert into an [`ObjectDir`]: bytes go to a temporary file
+/// and through an fs-verity hasher; [`ObjectWriter::commit`] moves the file
+/// into place under its digest (or drops it if that object already exists).
+pub struct ObjectWriter<'a> {
+    objects: &'a ObjectDir,
+    hasher: fsverity::FsVerityHasher,
+    tmp: Option<(BorrowedFd<'a>, String, PathBuf, fs::File)>,
+}
+
+impl std::fmt::Debug for ObjectWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("tmp", &self.tmp.as_ref().map(|t| &t.2))
+            .field("len", &self.hasher.len())
+            .finish()
+    }
+}
+
+impl ObjectWriter<'_> {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
+    /// Finishes the object: returns its digest and whether it was new.
+    pub fn commit(mut self) -> Result<(Digest, Added), ObjectError> {
+        let (dir, name, path, file) = self.tmp.take().expect("ObjectWriter used after commit");
+        let fresh = fsverity::FsVerityHasher::new(self.objects.alg);
+        let hasher = std::mem::replace(&mut self.hasher, fresh);
+        let digest = hasher.finish();
+        if self.objects.contains(&digest) {
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+            return Ok((digest, Added::Present));
+        }
+        let tmp = (dir, name, path, file.into());
+        let added = self.objects.install(&digest, tmp)?;
+        Ok((digest, added))
+    }
+}
+
+impl io::Write for ObjectWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some((_, _, _, file)) = self.tmp.as_mut() else {
+            return Err(io::Error::other("ObjectWriter used after commit"));
+        };
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        if let Some((dir, name, _, _)) = self.tmp.take() {
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+        }
     }
 }
 
