@@ -1,6 +1,15 @@
 //! OCI images: sources (image layouts, archives), manifests and configs,
 //! layer decoding (tar + gzip/zstd), splitstreams, and the import pipeline.
 
+pub mod layout_writer;
+pub mod reference;
+pub mod source;
+mod verify;
+
+pub use layout_writer::write_layout;
+pub use reference::{ImageRef, Reference};
+pub use source::{Compression, LayerDesc, OciSource, PlatformSpec, ResolvedImage, SourceError};
+
 use erofs::tree::{Timespec, Xattr};
 
 use crate::fsverity::Digest;
