@@ -24,7 +24,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 use thiserror::Error;
 
 use super::reference::{ImageRef, Reference};
-pub use super::verify::{LayerReader, VerifiedReader};
+pub use super::verify::{BlobReader, LayerReader, VerifiedReader};
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -492,11 +492,7 @@ impl OciSource {
     }
 
     /// Stream a blob, verifying its size and sha256 digest as it is read.
-    pub fn open_blob(
-        &self,
-        digest: &str,
-        size: u64,
-    ) -> Result<VerifiedReader<Box<dyn Read + Send>>, SourceError> {
+    pub fn open_blob(&self, digest: &str, size: u64) -> Result<BlobReader, SourceError> {
         // Validate the digest before using it as a file name.
         super::verify::sha256_bytes(digest)?;
         let name = format!("blobs/sha256/{}", &digest["sha256:".len()..]);
@@ -528,10 +524,7 @@ impl OciSource {
     }
 
     /// [`Self::open_blob`] for a descriptor.
-    pub fn open_descriptor(
-        &self,
-        desc: &Descriptor,
-    ) -> Result<VerifiedReader<Box<dyn Read + Send>>, SourceError> {
+    pub fn open_descriptor(&self, desc: &Descriptor) -> Result<BlobReader, SourceError> {
         self.open_blob(desc.digest().as_ref(), desc.size())
     }
 

@@ -173,6 +173,9 @@ impl<R: Read> Read for DiffIdReader<R> {
     }
 }
 
+/// A verified blob stream, as [`super::source::OciSource::open_blob`] returns it.
+pub type BlobReader = VerifiedReader<Box<dyn Read + Send>>;
+
 const BUF: usize = 256 * 1024;
 
 /// The decompressor stage. At the end of the compressed stream the underlying verified
@@ -180,7 +183,7 @@ const BUF: usize = 256 * 1024;
 /// decoder stops reading at the end of its last frame.
 enum Decoder<R: BufRead> {
     Plain(R),
-    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<R>>),
     Zstd(zstd::stream::read::Decoder<'static, R>),
 }
 
@@ -238,12 +241,12 @@ impl<R: BufRead> Decompress<R> {
 /// and size, the uncompressed bytes against the diff_id. Verification completes at EOF;
 /// read to the end (or call [`LayerReader::finish`]) before trusting what was read.
 pub struct LayerReader {
-    inner: DiffIdReader<Decompress<BufReader<VerifiedReader<Box<dyn Read + Send>>>>>,
+    inner: DiffIdReader<Decompress<BufReader<BlobReader>>>,
 }
 
 impl LayerReader {
     pub(crate) fn new(
-        blob: VerifiedReader<Box<dyn Read + Send>>,
+        blob: BlobReader,
         compression: Compression,
         diff_id: &str,
     ) -> Result<Self, SourceError> {
@@ -251,7 +254,9 @@ impl LayerReader {
         let buffered = BufReader::with_capacity(BUF, blob);
         let dec = match compression {
             Compression::None => Decoder::Plain(buffered),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+            }
             Compression::Zstd => {
                 Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(buffered).map_err(
                     |source| SourceError::Decompress {
