@@ -129,7 +129,9 @@ struct DiffIdReader<R> {
     inner: R,
     diff_id: String,
     expected: [u8; 32],
-    hasher: Sha256,
+    /// `None` when the blob is the uncompressed tar and its digest is the diff_id: the
+    /// blob check already proves it, so the bytes are not hashed twice.
+    hasher: Option<Sha256>,
     state: State,
 }
 
@@ -157,7 +159,11 @@ impl<R: Read> Read for DiffIdReader<R> {
             }
         };
         if n == 0 {
-            let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+            let Some(hasher) = self.hasher.take() else {
+                self.state = State::Verified;
+                return Ok(0);
+            };
+            let got: [u8; 32] = hasher.finalize().into();
             if got != self.expected {
                 self.state = State::Failed;
                 return Err(err(SourceError::DiffIdMismatch {
@@ -168,7 +174,9 @@ impl<R: Read> Read for DiffIdReader<R> {
             self.state = State::Verified;
             return Ok(0);
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -251,6 +259,7 @@ impl LayerReader {
         diff_id: &str,
     ) -> Result<Self, SourceError> {
         let digest = blob.digest.clone();
+        let hasher = (compression != Compression::None || digest != diff_id).then(Sha256::new);
         let buffered = BufReader::with_capacity(BUF, blob);
         let dec = match compression {
             Compression::None => Decoder::Plain(buffered),
@@ -271,7 +280,7 @@ impl LayerReader {
                 inner: Decompress { dec, digest },
                 expected: sha256_bytes(diff_id)?,
                 diff_id: diff_id.to_string(),
-                hasher: Sha256::new(),
+                hasher,
                 state: State::Reading,
             },
         })
