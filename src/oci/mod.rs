@@ -6,6 +6,14 @@ pub mod tar;
 
 pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats, ImportedLayer};
 pub use tar::LayerError;
+pub mod layout_writer;
+pub mod reference;
+pub mod source;
+mod verify;
+
+pub use layout_writer::write_layout;
+pub use reference::{ImageRef, Reference};
+pub use source::{Compression, LayerDesc, OciSource, PlatformSpec, ResolvedImage, SourceError};
 
 use erofs::tree::{Timespec, Xattr};
 
