@@ -6,6 +6,7 @@ pub mod tar;
 
 pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats, ImportedLayer};
 pub use tar::LayerError;
+pub mod import;
 pub mod layout_writer;
 pub mod reference;
 pub mod source;

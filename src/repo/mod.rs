@@ -322,6 +322,17 @@ impl Repository {
         Ok(id)
     }
 
+    /// Links an image that is already an object under `images/` (and `name`).
+    pub fn commit_image_link(&self, id: &Digest, name: Option<&str>) -> Result<(), RepoError> {
+        let hex = id.to_hex();
+        let target = format!("../objects/{}", id.object_path());
+        symlink_atomic(&target, &self.root.join("images").join(&hex), &self.root.join("tmp"))?;
+        if let Some(n) = name {
+            self.tag_image(id, n)?;
+        }
+        Ok(())
+    }
+
     /// Image names (refs) and the image id each points at.
     pub fn image_refs(&self) -> Result<Vec<(String, Option<String>)>, RepoError> {
         let dir = self.root.join("refs/images");

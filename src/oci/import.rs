@@ -1,0 +1,279 @@
+//! The import pipeline: OCI image → objects + splitstreams + one composefs image.
+//!
+//! Layers are fetched, verified, decompressed, split and stored in parallel
+//! (each layer: blob digest and size checked while reading, the uncompressed
+//! stream checked against its diff_id); a layer already in the repository
+//! (same diff_id) is not read again: its entries come from its splitstream.
+//! Nothing is tagged until every layer verified, every object is flushed, and
+//! the image is committed.
+
+use std::io::Read;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::source::{OciSource, PlatformSpec, ResolvedImage, SourceError};
+use super::{splitstream, ImageRef, LayerEntry, LayerError};
+use crate::fsverity::Digest;
+use crate::repo::{Record, RepoError, Repository};
+use crate::tree::layers::{ApplyError, LayeredTree};
+
+/// Why a pull failed, naming the layer or blob involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Ref(#[from] super::reference::RefParseError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("layer {layer}: {source}")]
+    Layer { layer: String, source: LayerError },
+    #[error("layer {layer}: {source}")]
+    Apply { layer: String, source: ApplyError },
+    #[error("layer {layer}: stored splitstream unreadable: {source}")]
+    Splitstream { layer: String, source: LayerError },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("cannot write image: {0}")]
+    Write(#[from] erofs::WriteError),
+}
+
+/// One layer as recorded with an imported image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub diff_id: String,
+    /// The splitstream object (fs-verity digest, hex).
+    pub splitstream: String,
+}
+
+/// OCI facts stored in an image's [`Record`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OciInfo {
+    pub source: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layers: Vec<LayerRecord>,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub image_id: String,
+    pub manifest_digest: String,
+    pub name: Option<String>,
+    /// The image was already in the repository; only the name was set.
+    pub already_present: bool,
+    pub layers_imported: usize,
+    pub layers_reused: usize,
+    pub objects_written: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Options for [`pull`].
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    pub platform: Option<PlatformSpec>,
+}
+
+fn hex_of(oci_digest: &str) -> &str {
+    oci_digest.strip_prefix("sha256:").unwrap_or(oci_digest)
+}
+
+struct LayerResult {
+    splitstream: Digest,
+    entries: Vec<LayerEntry>,
+    imported: bool,
+}
+
+/// Imports `source` (`oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`)
+/// into `repo`, tagging it `name` if given.
+pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOptions) -> Result<PullReport, PullError> {
+    let t0 = Instant::now();
+    if let Some(n) = name {
+        crate::repo::check_name(n)?;
+    }
+    let r = ImageRef::parse(source)?;
+    let src = OciSource::open(&r)?;
+    let img = src.resolve(r.reference(), opts.platform.as_ref())?;
+
+    // Already imported: just (re)tag it.
+    if let Some(record) = repo.get_ref("manifests", hex_of(&img.manifest_digest)) {
+        if let Some(id) = repo
+            .read_object(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .and_then(|rec| Digest::from_hex(repo.algorithm(), &rec.image).ok())
+            .filter(|id| repo.objects().contains(id))
+        {
+            // Re-linking images/<id> costs nothing and repairs a half-written tag.
+            repo.commit_image_link(&id, name)?;
+            return Ok(PullReport {
+                image_id: id.to_hex(),
+                manifest_digest: img.manifest_digest,
+                name: name.map(str::to_string),
+                already_present: true,
+                layers_imported: 0,
+                layers_reused: 0,
+                objects_written: 0,
+                bytes_written: 0,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+        }
+    }
+
+    let results = import_layers(repo, &src, &img)?;
+    let mut tree = LayeredTree::new();
+    for (layer, res) in img.layers.iter().zip(&results) {
+        tree.apply(&res.entries).map_err(|source| PullError::Apply {
+            layer: layer.digest.clone(),
+            source,
+        })?;
+    }
+    let tree = tree.into_tree();
+    let image = erofs::write_image(&tree, &erofs::WriteOptions::default())?;
+
+    // Manifest and config bytes, so the image can be inspected and exported.
+    let (manifest_obj, _) = repo.objects().add_bytes(&img.manifest.raw).map_err(RepoError::from)?;
+    let (config_obj, _) = repo.objects().add_bytes(&img.config.raw).map_err(RepoError::from)?;
+    let (image_id, _) = repo.objects().add_bytes(&image).map_err(RepoError::from)?;
+    let info = OciInfo {
+        source: source.to_string(),
+        manifest_digest: img.manifest_digest.clone(),
+        config_digest: img.config_digest.clone(),
+        layers: img
+            .layers
+            .iter()
+            .zip(&results)
+            .map(|(l, r)| LayerRecord {
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+                diff_id: l.diff_id.clone(),
+                splitstream: r.splitstream.to_hex(),
+            })
+            .collect(),
+    };
+    let mut keeps = vec![manifest_obj.object_path(), config_obj.object_path()];
+    let mut refs = vec![
+        ("blobs".to_string(), hex_of(&img.manifest_digest).to_string()),
+        ("blobs".to_string(), hex_of(&img.config_digest).to_string()),
+        ("manifests".to_string(), hex_of(&img.manifest_digest).to_string()),
+    ];
+    for (l, r) in img.layers.iter().zip(&results) {
+        keeps.push(r.splitstream.object_path());
+        refs.push(("layers".to_string(), hex_of(&l.diff_id).to_string()));
+        for e in &r.entries {
+            if let Some(super::EntryData::Object(d)) = &e.data {
+                keeps.push(d.object_path());
+            }
+        }
+    }
+    keeps.sort();
+    keeps.dedup();
+    let mut extra = serde_json::Map::new();
+    extra.insert("oci".into(), serde_json::to_value(&info).expect("serializes"));
+    let record = Record {
+        image: image_id.to_hex(),
+        keeps,
+        refs,
+        extra,
+    };
+    let record_obj = repo.store_record(&record)?;
+
+    // Everything is an object now; flush once, then link.
+    let committed = repo.commit_image(&image, None)?;
+    debug_assert_eq!(committed, image_id);
+    for (l, r) in img.layers.iter().zip(&results) {
+        if r.imported {
+            repo.set_ref("layers", hex_of(&l.diff_id), &r.splitstream)?;
+        }
+    }
+    repo.set_ref("blobs", hex_of(&img.manifest_digest), &manifest_obj)?;
+    repo.set_ref("blobs", hex_of(&img.config_digest), &config_obj)?;
+    repo.set_ref("records", &image_id.to_hex(), &record_obj)?;
+    repo.set_ref("manifests", hex_of(&img.manifest_digest), &record_obj)?;
+    if let Some(n) = name {
+        repo.tag_image(&image_id, n)?;
+    }
+    let (objects_written, bytes_written) = repo.objects().written();
+    Ok(PullReport {
+        image_id: image_id.to_hex(),
+        manifest_digest: img.manifest_digest,
+        name: name.map(str::to_string),
+        already_present: false,
+        layers_imported: results.iter().filter(|r| r.imported).count(),
+        layers_reused: results.iter().filter(|r| !r.imported).count(),
+        objects_written,
+        bytes_written,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Imports (or reuses) every layer, in parallel. Layers that appear twice
+/// are processed once.
+fn import_layers(repo: &Repository, src: &OciSource, img: &ResolvedImage) -> Result<Vec<LayerResult>, PullError> {
+    let mut unique: Vec<usize> = Vec::new();
+    for (i, l) in img.layers.iter().enumerate() {
+        if !img.layers[..i].iter().any(|o| o.diff_id == l.diff_id) {
+            unique.push(i);
+        }
+    }
+    let done: Vec<(usize, LayerResult)> = unique
+        .par_iter()
+        .map(|&i| import_one(repo, src, &img.layers[i]).map(|r| (i, r)))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(img.layers.len());
+    for l in &img.layers {
+        let (_, r) = done
+            .iter()
+            .find(|(i, _)| img.layers[*i].diff_id == l.diff_id)
+            .expect("every diff_id imported");
+        out.push(LayerResult {
+            splitstream: r.splitstream,
+            entries: r.entries.clone(),
+            imported: r.imported,
+        });
+    }
+    Ok(out)
+}
+
+fn import_one(repo: &Repository, src: &OciSource, layer: &super::LayerDesc) -> Result<LayerResult, PullError> {
+    let diff = hex_of(&layer.diff_id);
+    if let Some(ss) = repo.get_ref("layers", diff) {
+        let bytes = repo.read_object(&ss)?;
+        let entries = splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
+            layer: layer.diff_id.clone(),
+            source,
+        })?;
+        return Ok(LayerResult {
+            splitstream: ss,
+            entries,
+            imported: false,
+        });
+    }
+    let mut reader = src.open_layer(layer)?;
+    let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| match e {
+        // Verification failures (digest, size, diff_id) travel through the
+        // tar reader as I/O errors carrying the source's own error.
+        LayerError::Io { source, .. } if source.get_ref().is_some_and(|i| i.is::<SourceError>()) => {
+            PullError::Source(SourceError::from_io(source))
+        }
+        e => PullError::Layer {
+            layer: layer.digest.clone(),
+            source: e,
+        },
+    })?;
+    // Drain anything left (verification completes at EOF).
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).map_err(SourceError::from_io)?;
+    let (ss, _) = repo.objects().add_bytes(&imported.splitstream).map_err(RepoError::from)?;
+    Ok(LayerResult {
+        splitstream: ss,
+        entries: imported.entries,
+        imported: true,
+    })
+}
