@@ -34,11 +34,9 @@ impl Global {
         }
         let pb = indicatif::ProgressBar::new(len);
         pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         pb.set_message(what.to_string());
         pb
@@ -65,8 +63,7 @@ impl Global {
 }
 
 pub fn init(g: &Global, hash: &str, require_verity: bool) -> Result<()> {
-    let alg = Algorithm::from_name(hash)
-        .with_context(|| format!("unknown hash {hash:?} (sha256 or sha512)"))?;
+    let alg = Algorithm::from_name(hash).with_context(|| format!("unknown hash {hash:?} (sha256 or sha512)"))?;
     let (repo, support) = Repository::init(&g.repo, alg, require_verity)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(repo.meta())?);
@@ -85,12 +82,7 @@ pub fn init(g: &Global, hash: &str, require_verity: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn create_image(
-    g: &Global,
-    source: &Path,
-    name: Option<&str>,
-    threads: Option<usize>,
-) -> Result<()> {
+pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Option<usize>) -> Result<()> {
     if let Some(n) = name {
         crate::repo::check_name(n)?;
     }
@@ -98,8 +90,7 @@ pub fn create_image(
     let scan = dir::scan(source, &ScanOptions::default())?;
     let total: u64 = scan.pending.iter().map(|p| p.size).sum();
     let pb = g.progress(total, "hashing");
-    let threads =
-        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sink = ObjectSink {
         alg: repo.algorithm(),
         store: Some(repo.objects()),
@@ -107,8 +98,7 @@ pub fn create_image(
     };
     let tree = dir::resolve(scan, &sink, threads)?;
     pb.finish_and_clear();
-    let image =
-        erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;
+    let image = erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;
     let id = repo.commit_image(&image, name)?;
     let (n, bytes) = repo.objects().written();
     if g.json {
@@ -120,12 +110,7 @@ pub fn create_image(
     } else {
         println!("{}", id.to_hex());
         if g.verbose {
-            eprintln!(
-                "strata: {} new objects ({} bytes), image {} bytes",
-                n,
-                bytes,
-                image.len()
-            );
+            eprintln!("strata: {} new objects ({} bytes), image {} bytes", n, bytes, image.len());
         }
     }
     Ok(())
@@ -145,11 +130,7 @@ pub fn images(g: &Global) -> Result<()> {
         return Ok(());
     }
     let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "{:<24} {:<64} {:>10} {:>8} {:>12}",
-        "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA"
-    )?;
+    writeln!(out, "{:<24} {:<64} {:>10} {:>8} {:>12}", "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA")?;
     for i in infos {
         writeln!(
             out,
@@ -180,10 +161,7 @@ pub fn rm(g: &Global, names: &[String]) -> Result<()> {
         repo.remove_ref(n)?;
     }
     if !g.quiet && !g.json {
-        eprintln!(
-            "strata: removed {} name(s); run `strata gc` to free space",
-            names.len()
-        );
+        eprintln!("strata: removed {} name(s); run `strata gc` to free space", names.len());
     }
     Ok(())
 }

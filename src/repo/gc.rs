@@ -39,9 +39,7 @@ impl Repository {
         }
         let mut live: HashSet<Vec<u8>> = HashSet::new();
         for hex in &live_images {
-            let Ok(id) = Digest::from_hex(self.alg, hex) else {
-                continue;
-            };
+            let Ok(id) = Digest::from_hex(self.alg, hex) else { continue };
             if !self.objects.contains(&id) {
                 continue; // dangling ref: fsck reports it
             }

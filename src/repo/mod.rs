@@ -58,11 +58,7 @@ pub enum RepoError {
     },
 }
 
-pub(crate) fn ioe(
-    path: impl Into<PathBuf>,
-    what: &'static str,
-    e: impl Into<io::Error>,
-) -> RepoError {
+pub(crate) fn ioe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> RepoError {
     RepoError::Io {
         path: path.into(),
         what,
@@ -155,19 +151,13 @@ impl Repository {
     /// Creates a repository at `root`. fs-verity is probed on its filesystem:
     /// where it is missing the repository is recorded as not verity-enforced
     /// (and `require_verity` makes that an error).
-    pub fn init(
-        root: &Path,
-        alg: Algorithm,
-        require_verity: bool,
-    ) -> Result<(Repository, fsverity::Support), RepoError> {
+    pub fn init(root: &Path, alg: Algorithm, require_verity: bool) -> Result<(Repository, fsverity::Support), RepoError> {
         if root.join("meta.json").exists() {
             return Err(RepoError::Exists(root.to_path_buf()));
         }
-        fs::create_dir_all(root.join("objects"))
-            .map_err(|e| ioe(root, "cannot create repository", e))?;
+        fs::create_dir_all(root.join("objects")).map_err(|e| ioe(root, "cannot create repository", e))?;
         for d in ["images", "refs/images", "tmp"] {
-            fs::create_dir_all(root.join(d))
-                .map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
+            fs::create_dir_all(root.join(d)).map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
         }
         let support = fsverity::probe(&root.join("objects"));
         if require_verity && !support.is_supported() {
@@ -192,9 +182,7 @@ impl Repository {
         let meta_path = root.join("meta.json");
         let bytes = match fs::read(&meta_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NotARepo(root.into()))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotARepo(root.into())),
             Err(e) => return Err(ioe(&meta_path, "cannot read", e)),
         };
         let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| RepoError::Meta {
@@ -224,8 +212,7 @@ impl Repository {
         if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
             clean_dir(&root.join("tmp"));
             if mode == LockMode::Shared {
-                rustix::fs::flock(&lock, FlockOperation::LockShared)
-                    .map_err(|e| ioe(root, "cannot lock", e))?;
+                rustix::fs::flock(&lock, FlockOperation::LockShared).map_err(|e| ioe(root, "cannot lock", e))?;
             }
         } else {
             let op = match mode {
@@ -252,10 +239,7 @@ impl Repository {
     /// Opens the repository, creating it first if `root` holds none
     /// (first use needs no setup). Returns whether it was created, and the
     /// fs-verity probe result when it was.
-    pub fn open_or_create(
-        root: &Path,
-        mode: LockMode,
-    ) -> Result<(Repository, Option<fsverity::Support>), RepoError> {
+    pub fn open_or_create(root: &Path, mode: LockMode) -> Result<(Repository, Option<fsverity::Support>), RepoError> {
         match Self::open(root, mode) {
             Err(RepoError::NotARepo(_)) => {
                 let (r, support) = match Self::init(root, Algorithm::Sha256, false) {
@@ -305,11 +289,7 @@ impl Repository {
         self.objects.sync()?;
         let hex = id.to_hex();
         let target = format!("../objects/{}", id.object_path());
-        symlink_atomic(
-            &target,
-            &self.root.join("images").join(&hex),
-            &self.root.join("tmp"),
-        )?;
+        symlink_atomic(&target, &self.root.join("images").join(&hex), &self.root.join("tmp"))?;
         if let Some(n) = name {
             symlink_atomic(
                 &format!("../../images/{hex}"),
@@ -367,13 +347,7 @@ impl Repository {
     pub fn read_image(&self, id: &Digest) -> Result<erofs::ReadImage, RepoError> {
         let p = self.image_path(id);
         let bytes = fs::read(&p).map_err(|e| ioe(&p, "cannot read image", e))?;
-        erofs::read_image(&bytes).map_err(|e| {
-            ioe(
-                &p,
-                "corrupt image",
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
-        })
+        erofs::read_image(&bytes).map_err(|e| ioe(&p, "corrupt image", io::Error::new(io::ErrorKind::InvalidData, e)))
     }
 
     /// Describes an image: sizes and the objects it references.
@@ -385,15 +359,11 @@ impl Repository {
         }
         let mut data_size = 0;
         for r in &objs {
-            if let Ok(st) =
-                rustix::fs::statat(self.objects.dir_fd(), r.as_slice(), AtFlags::empty())
-            {
+            if let Ok(st) = rustix::fs::statat(self.objects.dir_fd(), r.as_slice(), AtFlags::empty()) {
                 data_size += st.st_size as u64;
             }
         }
-        let image_size = fs::metadata(self.image_path(id))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let image_size = fs::metadata(self.image_path(id)).map(|m| m.len()).unwrap_or(0);
         Ok(ImageInfo {
             name,
             id: id.to_hex(),
@@ -409,9 +379,7 @@ impl Repository {
         let p = self.root.join("refs/images").join(name);
         match fs::remove_file(&p) {
             Ok(()) => sync_dir(&self.root.join("refs/images")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(RepoError::NoSuchImage(name.into()))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RepoError::NoSuchImage(name.into())),
             Err(e) => Err(ioe(p, "cannot remove", e)),
         }
     }
@@ -441,11 +409,7 @@ fn clean_dir(dir: &Path) {
 fn tmp_name(tmp: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    tmp.join(format!(
-        ".{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
+    tmp.join(format!(".{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// Writes a small file atomically (temp file in `tmp`, fsync, rename).
@@ -476,12 +440,8 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
 
 /// fsyncs a directory (making renames in it durable).
 pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| ioe(dir, "cannot open", e))?;
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| ioe(dir, "cannot open", e))?;
     rustix::fs::fsync(fd.as_fd()).map_err(|e| ioe(dir, "fsync", e))
 }
 

@@ -66,11 +66,7 @@ pub struct ObjectError {
     pub source: io::Error,
 }
 
-pub(crate) fn oe(
-    path: impl Into<PathBuf>,
-    what: &'static str,
-    e: impl Into<io::Error>,
-) -> ObjectError {
+pub(crate) fn oe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> ObjectError {
     ObjectError {
         path: path.into(),
         what,
@@ -108,12 +104,7 @@ impl ObjectDir {
 
     /// Like [`ObjectDir::open`], with temporary files in `tmp` (same filesystem)
     /// and the given verity policy.
-    pub fn open_with(
-        path: &Path,
-        tmp: &Path,
-        alg: Algorithm,
-        policy: VerityPolicy,
-    ) -> Result<Self, ObjectError> {
+    pub fn open_with(path: &Path, tmp: &Path, alg: Algorithm, policy: VerityPolicy) -> Result<Self, ObjectError> {
         let mut d = Self::open(path, alg)?;
         fs::create_dir_all(tmp).map_err(|e| oe(tmp, "cannot create directory", e))?;
         d.tmp = Some((tmp.to_path_buf(), open_dir(tmp)?));
@@ -144,12 +135,7 @@ impl ObjectDir {
 
     /// Whether the object exists.
     pub fn contains(&self, digest: &Digest) -> bool {
-        rustix::fs::statat(
-            &self.dir,
-            digest.object_path().as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
+        rustix::fs::statat(&self.dir, digest.object_path().as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// Full path of an object.
@@ -157,9 +143,7 @@ impl ObjectDir {
         self.path.join(digest.object_path())
     }
 
-    fn tmp_file(
-        &self,
-    ) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
+    fn tmp_file(&self) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
         let (tmp_dir, tmp_path) = match &self.tmp {
             Some((p, d)) => (d.as_fd(), p.as_path()),
             None => (self.dir.as_fd(), self.path.as_path()),
@@ -184,12 +168,7 @@ impl ObjectDir {
     /// while its metadata was `before` (size, mtime, ctime). If the file
     /// changed since, the copy is refused rather than stored under a name
     /// that does not match its bytes.
-    pub fn add_file(
-        &self,
-        src: &fs::File,
-        digest: &Digest,
-        before: &FileStamp,
-    ) -> Result<Added, ObjectError> {
+    pub fn add_file(&self, src: &fs::File, digest: &Digest, before: &FileStamp) -> Result<Added, ObjectError> {
         self.add_with(digest, |tmp| {
             if rustix::fs::ioctl_ficlone(tmp, src).is_err() {
                 copy_all(src, tmp)?;
@@ -238,9 +217,7 @@ impl ObjectDir {
             e
         };
         fill(fd.as_fd()).map_err(|e| cleanup(oe(&tmp_path, "cannot write object data", e)))?;
-        let size = rustix::fs::fstat(&fd)
-            .map(|s| s.st_size as u64)
-            .unwrap_or(0);
+        let size = rustix::fs::fstat(&fd).map(|s| s.st_size as u64).unwrap_or(0);
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
             .map_err(|e| cleanup(oe(&tmp_path, "cannot chmod object", e)))?;
         // fs-verity needs a read-only fd and no writer left open.
@@ -248,24 +225,14 @@ impl ObjectDir {
         let verity = self
             .try_enable_verity(tmp_dir, &tmp_name, &tmp_path)
             .map_err(&cleanup)?;
-        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str()).map_err(|e| {
-            cleanup(oe(
-                self.path.join(&rel),
-                "cannot rename object into place",
-                e,
-            ))
-        })?;
+        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str())
+            .map_err(|e| cleanup(oe(self.path.join(&rel), "cannot rename object into place", e)))?;
         self.written.fetch_add(1, Ordering::Relaxed);
         self.written_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Added::Written { verity })
     }
 
-    fn try_enable_verity(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &str,
-        path: &Path,
-    ) -> Result<bool, ObjectError> {
+    fn try_enable_verity(&self, dir: BorrowedFd<'_>, name: &str, path: &Path) -> Result<bool, ObjectError> {
         if self.verity_unsupported.load(Ordering::Relaxed) && self.policy == VerityPolicy::Try {
             return Ok(false);
         }
@@ -311,8 +278,7 @@ fn copy_all(src: &fs::File, dst: BorrowedFd<'_>) -> io::Result<()> {
     let mut off_in: u64 = 0;
     let mut off_out: u64 = 0;
     loop {
-        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30)
-        {
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30) {
             Ok(0) => return Ok(()),
             Ok(_) => continue,
             Err(
@@ -371,17 +337,13 @@ pub struct ObjectSink<'a> {
 
 impl FileSink for ObjectSink<'_> {
     fn ingest(&self, f: &PendingFile) -> Result<Vec<u8>, ScanError> {
-        let file =
-            fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
+        let file = fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
         let stamp = FileStamp::of(&file).map_err(|e| ScanError::new(&f.path, "cannot stat", e))?;
         if stamp.size != f.size {
             return Err(ScanError::new(
                 &f.path,
                 "file changed while reading the tree",
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("size was {}, now {}", f.size, stamp.size),
-                ),
+                io::Error::new(io::ErrorKind::InvalidData, format!("size was {}, now {}", f.size, stamp.size)),
             ));
         }
         let digest = if f.size >= PARALLEL_HASH_MIN {
