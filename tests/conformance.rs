@@ -17,15 +17,23 @@ fn dir() -> PathBuf {
 
 /// (file, expected sha256, min/max version, strict)
 fn cases() -> Vec<(String, String, Option<u32>, bool)> {
-    let lenient = ["honggfuzz-longlink-unterminated.dump", "longlink.dump", "no-newline.dump"];
+    let lenient = [
+        "honggfuzz-longlink-unterminated.dump",
+        "longlink.dump",
+        "no-newline.dump",
+    ];
     let mut out = Vec::new();
     for e in fs::read_dir(dir()).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        let Some(case) = name.strip_suffix(".sha256") else { continue };
+        let Some(case) = name.strip_suffix(".sha256") else {
+            continue;
+        };
         let sha = fs::read_to_string(dir().join(&name)).unwrap();
         let sha = sha.split_whitespace().next().unwrap().to_string();
         let vfile = dir().join(format!("{}.version", case.trim_end_matches(".gz")));
-        let version = fs::read_to_string(vfile).ok().map(|v| v.trim().parse().unwrap());
+        let version = fs::read_to_string(vfile)
+            .ok()
+            .map(|v| v.trim().parse().unwrap());
         out.push((case.to_string(), sha, version, !lenient.contains(&case)));
     }
     out.sort();
@@ -37,7 +45,9 @@ fn load(name: &str) -> Vec<u8> {
     let raw = fs::read(dir().join(name)).unwrap();
     if name.ends_with(".gz") {
         let mut v = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut v).unwrap();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut v)
+            .unwrap();
         v
     } else {
         raw
@@ -62,7 +72,11 @@ fn sha(b: &[u8]) -> String {
 fn checksum_cases_are_byte_identical() {
     let mut failures = Vec::new();
     for (name, expected, version, strict) in cases() {
-        let mode = if strict { ParseMode::Strict } else { ParseMode::Lenient };
+        let mode = if strict {
+            ParseMode::Strict
+        } else {
+            ParseMode::Lenient
+        };
         let tree = match dumpfile::parse(&load(&name), mode) {
             Ok(t) => t,
             Err(e) => {
@@ -82,7 +96,11 @@ fn checksum_cases_are_byte_identical() {
 #[test]
 fn images_survive_read_write_and_dump_rebuild() {
     for (name, _, version, strict) in cases() {
-        let mode = if strict { ParseMode::Strict } else { ParseMode::Lenient };
+        let mode = if strict {
+            ParseMode::Strict
+        } else {
+            ParseMode::Lenient
+        };
         let tree = dumpfile::parse(&load(&name), mode).unwrap();
         let image = erofs::write_image(&tree, &opts(version)).unwrap();
 
@@ -91,7 +109,7 @@ fn images_survive_read_write_and_dump_rebuild() {
         assert!(again == image, "{name}: read → write changed the image");
 
         let mut dump = Vec::new();
-        dumpfile::print(&read.tree, &mut dump).unwrap();
+        dumpfile::print_image(&read, &mut dump).unwrap();
         let reparsed = dumpfile::parse(&dump, ParseMode::Strict)
             .unwrap_or_else(|e| panic!("{name}: re-parse of our own dump: {e}"));
         let rebuilt = erofs::write_image(&reparsed, &opts(version)).unwrap();
@@ -102,13 +120,19 @@ fn images_survive_read_write_and_dump_rebuild() {
 #[test]
 fn images_pass_fsck_erofs() {
     let Ok(out) = Command::new("fsck.erofs").arg("--help").output() else {
-        eprintln!("SKIP: fsck.erofs not installed (Debian package erofs-utils; tools/setup installs it)");
+        eprintln!(
+            "SKIP: fsck.erofs not installed (Debian package erofs-utils; tools/setup installs it)"
+        );
         return;
     };
     let _ = out;
     let tmp = tempfile::tempdir().unwrap();
     for (name, _, version, strict) in cases() {
-        let mode = if strict { ParseMode::Strict } else { ParseMode::Lenient };
+        let mode = if strict {
+            ParseMode::Strict
+        } else {
+            ParseMode::Lenient
+        };
         let tree = dumpfile::parse(&load(&name), mode).unwrap();
         let image = erofs::write_image(&tree, &opts(version)).unwrap();
         let p = tmp.path().join("img.cfs");

@@ -80,34 +80,73 @@ fn make_source(src: &Path) {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(src.join("usr/lib/big.bin"), &big).unwrap();
     fs::write(src.join("usr/lib/deep/er/still/copy.bin"), &big).unwrap(); // same object
-    fs::write(src.join("name with spaces & = signs"), b"odd name\n".repeat(20)).unwrap();
+    fs::write(
+        src.join("name with spaces & = signs"),
+        b"odd name\n".repeat(20),
+    )
+    .unwrap();
     symlink("usr/lib", src.join("lib")).unwrap();
     symlink("x".repeat(1000), src.join("longlink")).unwrap();
     let exe = src.join("usr/lib/tool");
-    fs::write(&exe, b"#!/bin/sh\necho this script is longer than sixty-four bytes, so it is an object\n").unwrap();
+    fs::write(
+        &exe,
+        b"#!/bin/sh\necho this script is longer than sixty-four bytes, so it is an object\n",
+    )
+    .unwrap();
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o4755)).unwrap();
     fs::set_permissions(src.join("usr/lib/deep"), fs::Permissions::from_mode(0o700)).unwrap();
     rustix::fs::chown(
-        &src.join("usr/lib/big.bin"),
+        src.join("usr/lib/big.bin"),
         Some(rustix::fs::Uid::from_raw(100_000)),
         Some(rustix::fs::Gid::from_raw(70_000)),
     )
     .unwrap();
-    rustix::fs::lsetxattr(&src.join("small"), "user.note", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(&src.join("usr/lib/big.bin"), "user.shared", b"same", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(&src.join("usr/lib/tool"), "user.shared", b"same", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(&src.join("usr"), "user.bin", &[0u8, 1, 2, 255], rustix::fs::XattrFlags::empty()).unwrap();
-    Command::new("mkfifo").arg(src.join("fifo")).status().unwrap();
+    rustix::fs::lsetxattr(
+        src.join("small"),
+        "user.note",
+        b"hello",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        src.join("usr/lib/big.bin"),
+        "user.shared",
+        b"same",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        src.join("usr/lib/tool"),
+        "user.shared",
+        b"same",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        src.join("usr"),
+        "user.bin",
+        &[0u8, 1, 2, 255],
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    Command::new("mkfifo")
+        .arg(src.join("fifo"))
+        .status()
+        .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("null-like"),
+        src.join("null-like"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o600),
         rustix::fs::makedev(1, 3),
     )
     .unwrap();
     // A pre-1970 mtime and a nanosecond one.
-    Command::new("touch").args(["-h", "-d", "1960-01-02 03:04:05.123456789"]).arg(src.join("small")).status().unwrap();
+    Command::new("touch")
+        .args(["-h", "-d", "1960-01-02 03:04:05.123456789"])
+        .arg(src.join("small"))
+        .status()
+        .unwrap();
 }
 
 #[test]
@@ -116,7 +155,10 @@ fn mounted_image_matches_source_tree() {
         eprintln!("SKIP: mount test needs root");
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("strata-mount-").tempdir_in("/var/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let src = tmp.path().join("src");
     let store = tmp.path().join("objects");
     let image = tmp.path().join("image.cfs");
@@ -131,7 +173,11 @@ fn mounted_image_matches_source_tree() {
         .arg(&image)
         .output()
         .unwrap();
-    assert!(r.status.success(), "mkcomposefs failed: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.status.success(),
+        "mkcomposefs failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // Identical files were stored once.
     let objects: Vec<_> = walkdir(&store);
     assert_eq!(objects.len(), 4, "objects: {objects:?}");
@@ -155,10 +201,15 @@ fn mounted_image_matches_source_tree() {
     let source = walk(&src);
     assert_eq!(mounted.len(), source.len());
     for (path, want) in &source {
-        let got = mounted.get(path).unwrap_or_else(|| panic!("{} missing in mount", path.display()));
+        let got = mounted
+            .get(path)
+            .unwrap_or_else(|| panic!("{} missing in mount", path.display()));
         if path.as_os_str().is_empty() {
             // The root's times and xattrs are the image's; compare ownership and mode.
-            assert_eq!((got.mode, got.uid, got.gid), (want.mode, want.uid, want.gid));
+            assert_eq!(
+                (got.mode, got.uid, got.gid),
+                (want.mode, want.uid, want.gid)
+            );
             continue;
         }
         assert_eq!(got, want, "{} differs", path.display());

@@ -28,7 +28,11 @@ fn ok(o: &Output) -> String {
 }
 
 fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "command unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!e.contains("panicked"), "panic: {e}");
@@ -54,7 +58,10 @@ fn make_tree(dir: &Path, n: usize, seed: u32) {
 fn fsck_json(repo: &Path) -> (bool, serde_json::Value) {
     let o = strata(repo, &["--json", "fsck"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("fsck --json output: {e}: {}", String::from_utf8_lossy(&o.stdout))
+        panic!(
+            "fsck --json output: {e}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
     });
     (o.status.success(), v)
 }
@@ -81,8 +88,14 @@ struct Fs {
 
 impl Fs {
     fn tmpfs_or_dir() -> Fs {
-        let dir = tempfile::Builder::new().prefix("strata-repo-").tempdir_in("/var/tmp").unwrap();
-        Fs { dir, mounted: false }
+        let dir = tempfile::Builder::new()
+            .prefix("strata-repo-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        Fs {
+            dir,
+            mounted: false,
+        }
     }
 
     fn loop_fs(kind: &str, size_mb: u32) -> Option<Fs> {
@@ -90,13 +103,19 @@ impl Fs {
             eprintln!("SKIP: {kind} loop filesystem needs root");
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("strata-fs-").tempdir_in("/var/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-fs-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         let img = dir.path().join("fs.img");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
         let f = fs::File::create(&img).unwrap();
         f.set_len(size_mb as u64 * 1024 * 1024).unwrap();
-        let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").arg(&img).output();
+        let mkfs = Command::new(format!("mkfs.{kind}"))
+            .arg("-q")
+            .arg(&img)
+            .output();
         match mkfs {
             Ok(o) if o.status.success() => {}
             _ => {
@@ -104,9 +123,17 @@ impl Fs {
                 return None;
             }
         }
-        let m = Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt).output().unwrap();
+        let m = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
         if !m.status.success() {
-            eprintln!("SKIP: cannot loop-mount {kind}: {}", String::from_utf8_lossy(&m.stderr));
+            eprintln!(
+                "SKIP: cannot loop-mount {kind}: {}",
+                String::from_utf8_lossy(&m.stderr)
+            );
             return None;
         }
         Some(Fs { dir, mounted: true })
@@ -124,7 +151,9 @@ impl Fs {
 impl Drop for Fs {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg(self.dir.path().join("mnt")).status();
+            let _ = Command::new("umount")
+                .arg(self.dir.path().join("mnt"))
+                .status();
         }
     }
 }
@@ -133,11 +162,21 @@ fn lifecycle(base: &Path) {
     let repo = base.join("repo");
     let src = base.join("src");
     make_tree(&src, 200, 1);
-    let id = ok(&strata(&repo, &["create-image", src.to_str().unwrap(), "one"])).trim().to_string();
+    let id = ok(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "one"],
+    ))
+    .trim()
+    .to_string();
     assert_eq!(id.len(), 64);
     // Same tree again: same id, nothing new written.
     let before = objects_of(&repo);
-    let id2 = ok(&strata(&repo, &["create-image", src.to_str().unwrap(), "two"])).trim().to_string();
+    let id2 = ok(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "two"],
+    ))
+    .trim()
+    .to_string();
     assert_eq!(id, id2);
     assert_eq!(before, objects_of(&repo));
     // The image id is the fs-verity digest of the stored image.
@@ -150,8 +189,12 @@ fn lifecycle(base: &Path) {
     assert_eq!(ok(&m).trim(), id);
 
     let list = ok(&strata(&repo, &["images"]));
-    assert!(list.contains("one") && list.contains("two") && list.contains(&id), "{list}");
-    let json: serde_json::Value = serde_json::from_str(&ok(&strata(&repo, &["--json", "images"]))).unwrap();
+    assert!(
+        list.contains("one") && list.contains("two") && list.contains(&id),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&strata(&repo, &["--json", "images"]))).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
     assert_eq!(json[0]["objects"].as_u64().unwrap() as usize, {
         // every file > 64 bytes, distinct contents
@@ -165,8 +208,14 @@ fn lifecycle(base: &Path) {
         set.len()
     });
     let dump = ok(&strata(&repo, &["dump", "one"]));
-    assert!(dump.lines().any(|l| l.starts_with("/link 5 120777 ")), "{dump}");
-    assert!(dump.lines().any(|l| l.starts_with("/small 1 100")), "{dump}");
+    assert!(
+        dump.lines().any(|l| l.starts_with("/link 5 120777 ")),
+        "{dump}"
+    );
+    assert!(
+        dump.lines().any(|l| l.starts_with("/small 1 100")),
+        "{dump}"
+    );
 
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
@@ -183,7 +232,11 @@ fn lifecycle(base: &Path) {
     assert!(!dry.starts_with("would free 0 objects"), "{dry}");
     assert_eq!(before, objects_of(&repo), "dry run removed something");
     ok(&strata(&repo, &["gc"]));
-    assert!(objects_of(&repo).is_empty(), "gc left objects: {:?}", objects_of(&repo));
+    assert!(
+        objects_of(&repo).is_empty(),
+        "gc left objects: {:?}",
+        objects_of(&repo)
+    );
     let e = err(&strata(&repo, &["dump", "one"]));
     assert!(e.contains("no image named \"one\""), "{e}");
 }
@@ -223,7 +276,10 @@ fn fsck_names_each_problem() {
     let repo = fs.path().join("repo");
     let src = fs.path().join("src");
     make_tree(&src, 60, 2);
-    ok(&strata(&repo, &["create-image", src.to_str().unwrap(), "img"]));
+    ok(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "img"],
+    ));
     let objs: Vec<PathBuf> = objects_of(&repo)
         .into_iter()
         .filter(|p| fs::metadata(p).unwrap().len() > 200)
@@ -244,19 +300,45 @@ fn fsck_names_each_problem() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let e = err(&o);
     assert!(e.contains("problem(s) found"), "{e}");
-    let rel = |p: &Path| p.strip_prefix(repo.join("objects")).unwrap().to_string_lossy().into_owned();
-    assert!(out.contains(&format!("corrupt object {}", flip.display())), "{out}");
-    assert!(out.contains(&format!("corrupt object {}", trunc.display())), "{out}");
-    assert!(out.contains(&format!("missing object {}", rel(gone))), "{out}");
+    let rel = |p: &Path| {
+        p.strip_prefix(repo.join("objects"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert!(
+        out.contains(&format!("corrupt object {}", flip.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("corrupt object {}", trunc.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("missing object {}", rel(gone))),
+        "{out}"
+    );
     assert!(out.contains("dangling ref dangling"), "{out}");
 
     let (_, v) = fsck_json(&repo);
-    let kinds: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "corrupt-object").count(), 2, "{v}");
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "corrupt-object").count(),
+        2,
+        "{v}"
+    );
 
     let o = strata(&repo, &["fsck", "--repair"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains(&format!("removed {}", flip.display())), "{out}");
+    assert!(
+        out.contains(&format!("removed {}", flip.display())),
+        "{out}"
+    );
     assert!(out.contains("is now incomplete"), "{out}");
     assert!(!flip.exists() && !trunc.exists());
 }
@@ -268,9 +350,12 @@ fn crash_at_random_moments_leaves_repository_consistent() {
     let src = fs.path().join("src");
     make_tree(&src, 3000, 3);
     // Reference run in another repository.
-    let reference = ok(&strata(&fs.path().join("ref"), &["create-image", src.to_str().unwrap(), "x"]))
-        .trim()
-        .to_string();
+    let reference = ok(&strata(
+        &fs.path().join("ref"),
+        &["create-image", src.to_str().unwrap(), "x"],
+    ))
+    .trim()
+    .to_string();
     let mut rng = 0x9e3779b97f4a7c15u64;
     for round in 0..24 {
         rng ^= rng << 13;
@@ -294,7 +379,12 @@ fn crash_at_random_moments_leaves_repository_consistent() {
         let (clean, v) = fsck_json(&repo);
         assert!(clean, "round {round} ({delay:?}): fsck found problems: {v}");
     }
-    let id = ok(&strata(&repo, &["create-image", src.to_str().unwrap(), "x"])).trim().to_string();
+    let id = ok(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "x"],
+    ))
+    .trim()
+    .to_string();
     assert_eq!(id, reference);
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
@@ -348,7 +438,10 @@ fn concurrent_writers_with_gc_loop() {
     assert!(clean, "{v}");
     // Each shared file is stored once.
     let shared = fs::read(srcs[0].join("d0/f0")).unwrap();
-    let copies = objects_of(&repo).iter().filter(|p| fs::read(p).unwrap() == shared).count();
+    let copies = objects_of(&repo)
+        .iter()
+        .filter(|p| fs::read(p).unwrap() == shared)
+        .count();
     assert_eq!(copies, 1);
     let list = ok(&strata(&repo, &["images"]));
     for i in 0..4 {
@@ -366,9 +459,15 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
 
     // Missing source.
     let e = err(&strata(&repo, &["create-image", "/nonexistent/dir", "x"]));
-    assert!(e.contains("/nonexistent/dir") && e.lines().count() == 1, "{e}");
+    assert!(
+        e.contains("/nonexistent/dir") && e.lines().count() == 1,
+        "{e}"
+    );
     // Bad name.
-    let e = err(&strata(&repo, &["create-image", src.to_str().unwrap(), "../evil"]));
+    let e = err(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "../evil"],
+    ));
     assert!(e.contains("invalid image name"), "{e}");
     // A path longer than PATH_MAX.
     let deep = fs.path().join("deep");
@@ -380,12 +479,24 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
         // create_dir_all goes through full paths; build it step by step with chdir-free openat
         let mut cur = fs::File::open(fs.path()).unwrap();
         for name in std::iter::once("deep".to_string()).chain((0..20).map(|_| "d".repeat(250))) {
-            let _ = rustix::fs::mkdirat(&cur, name.as_str(), rustix::fs::Mode::from_raw_mode(0o755));
-            cur = rustix::fs::openat(&cur, name.as_str(), rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
-                .map(fs::File::from)
-                .unwrap();
+            let _ =
+                rustix::fs::mkdirat(&cur, name.as_str(), rustix::fs::Mode::from_raw_mode(0o755));
+            cur = rustix::fs::openat(
+                &cur,
+                name.as_str(),
+                rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .map(fs::File::from)
+            .unwrap();
         }
-        let fd = rustix::fs::openat(&cur, "big", rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+        let fd = rustix::fs::openat(
+            &cur,
+            "big",
+            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
         rustix::io::write(&fd, &[7u8; 1000]).unwrap();
     });
     let o = strata(&repo, &["create-image", deep.to_str().unwrap(), "deep"]);
@@ -400,7 +511,12 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
     let o = if rustix::process::geteuid().is_root() {
         let nrepo = fs.path().join("nobody-repo");
         fs::create_dir_all(&nrepo).unwrap();
-        rustix::fs::chown(&nrepo, Some(rustix::fs::Uid::from_raw(65534)), Some(rustix::fs::Gid::from_raw(65534))).unwrap();
+        rustix::fs::chown(
+            &nrepo,
+            Some(rustix::fs::Uid::from_raw(65534)),
+            Some(rustix::fs::Gid::from_raw(65534)),
+        )
+        .unwrap();
         fs::set_permissions(fs.path(), fs::Permissions::from_mode(0o755)).unwrap();
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -414,7 +530,10 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
         strata(&repo, &["create-image", src.to_str().unwrap(), "y"])
     };
     let e = err(&o);
-    assert!(e.contains("locked") && e.contains("ermission denied") && e.lines().count() == 1, "{e}");
+    assert!(
+        e.contains("locked") && e.contains("ermission denied") && e.lines().count() == 1,
+        "{e}"
+    );
     fs::remove_file(&locked).unwrap();
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
@@ -422,30 +541,50 @@ fn bad_input_gives_one_clear_error_and_a_consistent_repository() {
 
 #[test]
 fn full_disk_and_read_only_filesystem() {
-    let Some(small) = Fs::loop_fs("ext4", 8) else { return };
+    let Some(small) = Fs::loop_fs("ext4", 8) else {
+        return;
+    };
     let repo = small.path().join("repo");
     let fsd = Fs::tmpfs_or_dir();
     let src = fsd.path().join("src");
     fs::create_dir_all(&src).unwrap();
     for i in 0..40 {
-        let data: Vec<u8> = (0..400_000u32).map(|j| (j.wrapping_mul(i + 7) % 251) as u8).collect();
+        let data: Vec<u8> = (0..400_000u32)
+            .map(|j| (j.wrapping_mul(i + 7) % 251) as u8)
+            .collect();
         fs::write(src.join(format!("big{i}")), data).unwrap();
     }
     ok(&strata(&repo, &["init"]));
-    let e = err(&strata(&repo, &["create-image", src.to_str().unwrap(), "big"]));
-    assert!(e.contains("No space left on device") && e.lines().count() == 1, "{e}");
+    let e = err(&strata(
+        &repo,
+        &["create-image", src.to_str().unwrap(), "big"],
+    ));
+    assert!(
+        e.contains("No space left on device") && e.lines().count() == 1,
+        "{e}"
+    );
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
     assert!(!repo.join("refs/images/big").exists());
 
     // Read-only: remount and try again.
     let mnt = small.path();
-    let r = Command::new("mount").args(["-o", "remount,ro"]).arg(&mnt).status().unwrap();
+    let r = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(r.success());
     let small_src = fsd.path().join("small-src");
     make_tree(&small_src, 5, 9);
-    let e = err(&strata(&repo, &["create-image", small_src.to_str().unwrap(), "ro"]));
-    assert!(e.contains("Read-only file system") && e.lines().count() == 1, "{e}");
+    let e = err(&strata(
+        &repo,
+        &["create-image", small_src.to_str().unwrap(), "ro"],
+    ));
+    assert!(
+        e.contains("Read-only file system") && e.lines().count() == 1,
+        "{e}"
+    );
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
 }

@@ -5,6 +5,7 @@
 //!
 //! This crate knows nothing of repositories, OCI or the kernel.
 
+pub mod debug;
 pub mod format;
 pub mod reader;
 pub mod tree;

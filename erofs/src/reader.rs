@@ -7,6 +7,27 @@
 //! `lcfs-writer-erofs.c`), and its own reader (`lcfs_build_node_from_image`)
 //! was consulted for which xattrs are dropped or unescaped.
 //!
+//! For composefs images (header at offset 0) the writer's overlayfs rewrite
+//! is undone so that reading and writing again gives the same bytes:
+//! - `trusted.overlay.metacopy` on a regular file makes it
+//!   [`FileData::External`], its digest (after the 4-byte header) the
+//!   `verity` (an empty value: none); `trusted.overlay.redirect` minus the
+//!   leading `/` is the `redirect`; chunk-based files are external too; other
+//!   regular files are [`FileData::Inline`];
+//! - escaped `trusted.overlay.overlay.X` becomes `trusted.overlay.X`; other
+//!   unescaped `trusted.overlay.*` (the root's `opaque`) were added by the
+//!   writer and are dropped;
+//! - real char devices 0:0 (the writer's `00`..`ff` root whiteouts) are left
+//!   out, like composefs C's reader does; an empty regular file with the
+//!   escaped whiteout and `user.overlay.whiteout` (both "") in a directory
+//!   with the writer's markers becomes a whiteout (char device 0:0) again and
+//!   the markers are dropped (see `Reader::restore_whiteouts`);
+//! - each inode's home entry is chosen so that the writer's inode order
+//!   reproduces the image's nid order (see `assign_homes`).
+//!
+//! Plain EROFS images (no composefs header, `version` 0, e.g. from
+//! `mkfs.erofs`) are read as stored: xattrs untouched, file data inline.
+//!
 //! The input is untrusted: every offset is bounds-checked with overflow-safe
 //! arithmetic, every directory may be visited once (so loops are rejected),
 //! and the bytes the tree may hold are capped relative to the image length
@@ -19,9 +40,10 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::format::{
     ComposefsHeader, Dirent, InodeCompact, InodeExtended, Superblock, XattrEntry, XattrIbodyHeader,
-    BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, I_DATALAYOUT_BIT,
-    I_DATALAYOUT_MASK, I_VERSION_MASK, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN,
-    SLOT_BITS, SUPER_MAGIC_V1, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
+    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES,
+    COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, I_DATALAYOUT_BIT, I_DATALAYOUT_MASK, I_VERSION_MASK,
+    LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, SLOT_BITS,
+    SUPER_MAGIC_V1, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
     XATTR_LONG_PREFIX, XATTR_PREFIXES,
 };
 use crate::tree::{
@@ -42,8 +64,6 @@ pub struct ReadImage {
 /// byte offset where the problem was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("image is corrupt: {0}")]
-    Corrupt(String),
     #[error("image is {len} bytes, too short for an EROFS superblock")]
     TooShort { len: usize },
     #[error("not an EROFS image: bad superblock magic {found:#010x} at offset 1024")]
@@ -97,11 +117,14 @@ fn nid_prefix(nid: &Option<u64>) -> String {
 
 type Result<T> = std::result::Result<T, ReadError>;
 
+/// An xattr as stored: full name, value, shared xattr id (None when inline).
+pub(crate) type RawXattr = (Vec<u8>, Vec<u8>, Option<u32>);
+
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 const ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 const METACOPY: &[u8] = b"trusted.overlay.metacopy";
 const REDIRECT: &[u8] = b"trusted.overlay.redirect";
-const ESCAPED_WHITEOUT: &[u8] = b"trusted.overlay.overlay.whiteout";
+const WHITEOUT_UNESCAPED: &[u8] = b"trusted.overlay.whiteout";
 // Names after unescaping (`trusted.overlay.overlay.X` → `trusted.overlay.X`).
 const WHITEOUTS_UNESCAPED: &[u8] = b"trusted.overlay.whiteouts";
 const OPAQUE_UNESCAPED: &[u8] = b"trusted.overlay.opaque";
@@ -132,21 +155,21 @@ pub fn read_image(bytes: &[u8]) -> Result<ReadImage> {
 
 /// One parsed on-disk inode header.
 #[derive(Debug, Clone)]
-struct RawInode {
-    nid: u64,
-    offset: u64,
+pub(crate) struct RawInode {
+    pub(crate) nid: u64,
+    pub(crate) offset: u64,
     /// Size of the inode core (32 or 64).
-    isize: u64,
-    layout: u16,
-    xattr_icount: u16,
-    mode: u32,
-    nlink: u32,
-    size: u64,
+    pub(crate) isize: u64,
+    pub(crate) layout: u16,
+    pub(crate) xattr_icount: u16,
+    pub(crate) mode: u32,
+    pub(crate) nlink: u32,
+    pub(crate) size: u64,
     /// `i_u`: raw block address, rdev or chunk info depending on type/layout.
-    i_u: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timespec,
+    pub(crate) i_u: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: Timespec,
 }
 
 impl RawInode {
@@ -172,29 +195,32 @@ enum Seen {
     Skipped,
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     image_len: u64,
     meta_base: u64,
     xattr_base: u64,
     build_time: Timespec,
-    root_nid: u64,
+    pub(crate) root_nid: u64,
     /// composefs header present: undo the overlay xattr rewrite.
-    composefs: bool,
-    version: u32,
+    pub(crate) composefs: bool,
+    pub(crate) version: u32,
     budget: u64,
     limit: u64,
     tree: Tree,
     /// nid of each tree inode.
     nids: Vec<u64>,
-    /// Whether each tree inode was a whiteout stored as an escaped regular file.
+    /// Whether each tree inode may be a whiteout stored as an escaped regular
+    /// file (see `Reader::restore_whiteouts`).
     whiteout: Vec<bool>,
     seen: HashMap<u64, Seen>,
+    /// Skipped whiteouts in the root directory (name, nid), for [`assign_homes`].
+    phantoms: Vec<(Vec<u8>, u64)>,
     shared_cache: HashMap<u32, (Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self> {
         let image_len = bytes.len() as u64;
         let sb_end = SUPER_OFFSET as usize + size_of::<Superblock>();
         if bytes.len() < sb_end {
@@ -256,6 +282,7 @@ impl<'a> Reader<'a> {
             nids: Vec::new(),
             whiteout: Vec::new(),
             seen: HashMap::new(),
+            phantoms: Vec::new(),
             shared_cache: HashMap::new(),
         })
     }
@@ -313,7 +340,7 @@ impl<'a> Reader<'a> {
             })
     }
 
-    fn read_raw_inode(&self, nid: u64) -> Result<RawInode> {
+    pub(crate) fn read_raw_inode(&self, nid: u64) -> Result<RawInode> {
         let offset = self.inode_offset(nid)?;
         let c: InodeCompact = self.get_struct(Some(nid), "inode", offset)?;
         let format = c.i_format.get();
@@ -370,7 +397,7 @@ impl<'a> Reader<'a> {
     /// inline tail). Per the kernel's flat-mode mapping, an inline inode keeps
     /// all but its last block in blocks from `raw_blkaddr` and the rest right
     /// after its xattrs, within the inode's own metadata block.
-    fn flat_data(&self, ino: &RawInode) -> Result<(&'a [u8], &'a [u8])> {
+    pub(crate) fn flat_data(&self, ino: &RawInode) -> Result<(&'a [u8], &'a [u8])> {
         let nid = Some(ino.nid);
         match ino.layout {
             LAYOUT_FLAT_PLAIN => {
@@ -419,6 +446,58 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    /// The data of a chunk-based file in a plain EROFS image (composefs
+    /// uses chunk-based files only for external data). Per `erofs_fs.h`, the
+    /// chunk table follows the inode's xattrs, aligned to its entry size:
+    /// 4-byte block addresses, or 8-byte indexes (advise, device id, block
+    /// address) when `CHUNK_FORMAT_INDEXES` is set; `NULL_ADDR` is a hole.
+    fn chunk_bytes(&mut self, ino: &RawInode) -> Result<Vec<u8>> {
+        let nid = Some(ino.nid);
+        let format = (ino.i_u & 0xffff) as u16;
+        if format & !(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES) != 0 {
+            return Err(ReadError::Unsupported {
+                nid: ino.nid,
+                what: format!("chunk format {format:#x}"),
+            });
+        }
+        let chunk_bits = u32::from(BLOCK_BITS) + u32::from(format & CHUNK_FORMAT_BLKBITS_MASK);
+        let chunk_size = 1u64 << chunk_bits;
+        let unit: u64 = if format & CHUNK_FORMAT_INDEXES != 0 {
+            8
+        } else {
+            4
+        };
+        let n = ino.size.div_ceil(chunk_size);
+        let base = (ino.offset + ino.isize + ino.xattr_size()).next_multiple_of(unit);
+        let table_len = n.saturating_mul(unit);
+        let table = self.get(nid, "chunk table", base, table_len)?;
+        self.charge(ino.size)?;
+        let mut out = Vec::with_capacity(ino.size as usize);
+        for (i, e) in table.chunks_exact(unit as usize).enumerate() {
+            let (device, blkaddr) = if unit == 8 {
+                (
+                    u16::from_le_bytes([e[2], e[3]]),
+                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                )
+            } else {
+                (0, u32::from_le_bytes([e[0], e[1], e[2], e[3]]))
+            };
+            let len = chunk_size.min(ino.size - i as u64 * chunk_size);
+            if blkaddr == NULL_ADDR {
+                out.resize(out.len() + len as usize, 0);
+            } else if device != 0 {
+                return Err(ReadError::Unsupported {
+                    nid: ino.nid,
+                    what: format!("chunk on extra device {device}"),
+                });
+            } else {
+                let off = u64::from(blkaddr) << BLOCK_BITS;
+                out.extend_from_slice(self.get(nid, "chunk data", off, len)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Decodes one xattr entry at `offset`, returning (full name, value, entry length).
     fn xattr_entry(
         &mut self,
@@ -460,7 +539,8 @@ impl<'a> Reader<'a> {
     }
 
     /// All xattrs of an inode, inline then shared, with their stored names.
-    fn raw_xattrs(&mut self, ino: &RawInode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// Shared ones carry their shared xattr id.
+    pub(crate) fn raw_xattrs(&mut self, ino: &RawInode) -> Result<Vec<RawXattr>> {
         let size = ino.xattr_size();
         if size == 0 {
             return Ok(Vec::new());
@@ -486,7 +566,7 @@ impl<'a> Reader<'a> {
                     "inline xattr at offset {pos:#x} runs past the xattr area end {end:#x}"
                 )));
             }
-            out.push((name, value));
+            out.push((name, value, None));
             pos = next;
         }
         for i in 0..shared {
@@ -508,7 +588,7 @@ impl<'a> Reader<'a> {
                     (n, v)
                 }
             };
-            out.push((name, value));
+            out.push((name, value, Some(id)));
         }
         Ok(out)
     }
@@ -527,7 +607,7 @@ impl<'a> Reader<'a> {
             return Ok(Seen::Skipped);
         }
         let raw = self.raw_xattrs(&ino)?;
-        let mut stat = Stat {
+        let stat = Stat {
             mode: ino.mode,
             uid: ino.uid,
             gid: ino.gid,
@@ -538,8 +618,7 @@ impl<'a> Reader<'a> {
         let mut xattrs = Vec::with_capacity(raw.len());
         let mut metacopy = None;
         let mut redirect = None;
-        let mut is_whiteout = false;
-        for (name, value) in raw {
+        for (name, value, _) in raw {
             if !self.composefs {
                 xattrs.push(Xattr { name, value });
                 continue;
@@ -553,8 +632,6 @@ impl<'a> Reader<'a> {
                 if ftype == S_IFREG {
                     redirect = Some(value);
                 }
-            } else if name == ESCAPED_WHITEOUT && ftype == S_IFREG {
-                is_whiteout = true;
             } else if let Some(rest) = name.strip_prefix(ESCAPED_PREFIX) {
                 let mut n = OVERLAY_PREFIX.to_vec();
                 n.extend_from_slice(rest);
@@ -581,19 +658,13 @@ impl<'a> Reader<'a> {
                 }
                 Content::Symlink(target)
             }
-            S_IFREG if is_whiteout => {
-                // The writer stores a whiteout (char device 0:0) as an empty
-                // regular file carrying the escaped whiteout xattr.
-                stat.mode = (stat.mode & !S_IFMT) | S_IFCHR;
-                stat.rdev = 0;
-                xattrs.retain(|x| x.name != USER_WHITEOUT);
-                Content::Special
-            }
             S_IFREG => {
                 let external = metacopy.is_some()
                     || redirect.is_some()
                     || (ino.layout == LAYOUT_CHUNK_BASED && ino.size > 0);
-                let data = if external {
+                let data = if !self.composefs && ino.layout == LAYOUT_CHUNK_BASED {
+                    FileData::Inline(self.chunk_bytes(&ino)?)
+                } else if external {
                     if ino.layout != LAYOUT_CHUNK_BASED
                         && ino.layout != LAYOUT_FLAT_PLAIN
                         && ino.layout != LAYOUT_FLAT_INLINE
@@ -601,12 +672,6 @@ impl<'a> Reader<'a> {
                         return Err(ReadError::Unsupported {
                             nid,
                             what: format!("data layout {}", ino.layout),
-                        });
-                    }
-                    if !self.composefs {
-                        return Err(ReadError::Unsupported {
-                            nid,
-                            what: "chunk-based file data in a plain EROFS image".into(),
                         });
                     }
                     let verity = match metacopy {
@@ -637,6 +702,14 @@ impl<'a> Reader<'a> {
             }
             _ => Content::Special,
         };
+        // The writer stores a whiteout (char device 0:0) as an empty regular
+        // file with both whiteout xattrs set to ""; whether this one is such
+        // a whiteout is decided once its parent's markers are known.
+        let candidate = self.composefs
+            && ftype == S_IFREG
+            && ino.size == 0
+            && has_xattr(&xattrs, WHITEOUT_UNESCAPED, b"")
+            && has_xattr(&xattrs, USER_WHITEOUT, b"");
         self.charge(OVERHEAD)?;
         let id = self.tree.push_inode(Inode {
             stat,
@@ -644,13 +717,13 @@ impl<'a> Reader<'a> {
             content,
         });
         self.nids.push(nid);
-        self.whiteout.push(is_whiteout);
+        self.whiteout.push(candidate);
         Ok(Seen::Inode(id))
     }
 
-    /// Reads every directory block of `dir` and returns (name, nid) pairs
-    /// without `.` and `..`.
-    fn read_dir(&mut self, dir_nid: u64) -> Result<Vec<(Vec<u8>, u64)>> {
+    /// Reads every directory block of `dir` and returns its (name, nid)
+    /// pairs; `.` and `..` only when `dots` is set.
+    pub(crate) fn read_dir(&mut self, dir_nid: u64, dots: bool) -> Result<Vec<(Vec<u8>, u64)>> {
         let ino = self.read_raw_inode(dir_nid)?;
         let (head, tail) = self.flat_data(&ino)?;
         let nblocks = ino.size.div_ceil(BLOCK_SIZE);
@@ -663,7 +736,7 @@ impl<'a> Reader<'a> {
             } else {
                 tail
             };
-            self.read_dir_block(dir_nid, b, block, &mut out)?;
+            self.read_dir_block(dir_nid, b, block, dots, &mut out)?;
         }
         Ok(out)
     }
@@ -673,6 +746,7 @@ impl<'a> Reader<'a> {
         dir: u64,
         block_no: u64,
         block: &[u8],
+        dots: bool,
         out: &mut Vec<(Vec<u8>, u64)>,
     ) -> Result<()> {
         let bad = |reason: String| ReadError::DirBlock {
@@ -718,6 +792,9 @@ impl<'a> Reader<'a> {
                 }
             }
             if name == b"." || name == b".." {
+                if dots {
+                    out.push((name.to_vec(), d.nid.get()));
+                }
                 continue;
             }
             if name.len() > NAME_MAX {
@@ -752,11 +829,16 @@ impl<'a> Reader<'a> {
         }
         let mut queue = VecDeque::from([(InodeId::ROOT, root_nid)]);
         while let Some((dir_id, dir_nid)) = queue.pop_front() {
-            let children = self.read_dir(dir_nid)?;
+            let children = self.read_dir(dir_nid, false)?;
             let mut entries = Vec::with_capacity(children.len());
             for (name, nid) in children {
                 let id = match self.seen.get(&nid) {
-                    Some(Seen::Skipped) => continue,
+                    Some(Seen::Skipped) => {
+                        if dir_id == InodeId::ROOT {
+                            self.phantoms.push((name, nid));
+                        }
+                        continue;
+                    }
                     Some(Seen::Inode(id)) => {
                         if self.tree.inodes[id.index()].is_dir() {
                             return Err(ReadError::Entry {
@@ -773,7 +855,12 @@ impl<'a> Reader<'a> {
                         let seen = self.load_inode(nid)?;
                         self.seen.insert(nid, seen);
                         match seen {
-                            Seen::Skipped => continue,
+                            Seen::Skipped => {
+                                if dir_id == InodeId::ROOT {
+                                    self.phantoms.push((name, nid));
+                                }
+                                continue;
+                            }
                             Seen::Inode(id) => {
                                 if self.tree.inodes[id.index()].is_dir() {
                                     queue.push_back((id, nid));
@@ -803,9 +890,16 @@ impl<'a> Reader<'a> {
     }
 
     fn finish(mut self) -> Result<ReadImage> {
-        assign_homes(&mut self.tree, &self.nids);
+        let marked: Vec<bool> = (0..self.tree.inodes.len())
+            .map(|d| self.composefs && self.has_whiteout_markers(d))
+            .collect();
+        // A possible whiteout's home should be in a marked directory, as the
+        // writer marks the home directory of each whiteout.
+        let candidate = &self.whiteout;
+        let prefer = |t: usize, dir: usize| !candidate[t] || marked[dir];
+        assign_homes(&mut self.tree, &self.nids, &self.phantoms, &prefer);
         if self.composefs {
-            self.strip_whiteout_markers();
+            self.restore_whiteouts(&marked);
         }
         self.tree.validate()?;
         Ok(ReadImage {
@@ -814,20 +908,34 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Drops the markers the composefs writer puts on a directory holding
-    /// whiteouts (escaped and user `whiteouts`, and from version 1 the
-    /// `opaque` "x" pair); the writer adds them again on re-write. Markers on
-    /// directories without whiteouts came from the source and are kept.
-    fn strip_whiteout_markers(&mut self) {
-        for d in 0..self.tree.inodes.len() {
-            let has_whiteout = self.tree.inodes[d]
+    /// Turns the writer's escaped whiteouts back into char devices 0:0 and
+    /// drops the markers the writer puts on their directory (`whiteouts` in
+    /// both namespaces, and from version 1 the `opaque` "x" pair). A
+    /// candidate file (see `load_inode`) is taken for a whiteout only when
+    /// its home directory carries all those markers, as every writer-made
+    /// whiteout's directory does; otherwise the file and the directory keep
+    /// their xattrs, which then came from the source tree.
+    fn restore_whiteouts(&mut self, marked: &[bool]) {
+        let v1 = self.version >= 1;
+        for d in (0..self.tree.inodes.len()).filter(|&d| marked[d]) {
+            let dir = &self.tree.inodes[d];
+            let whiteouts: Vec<InodeId> = dir
                 .entries()
                 .iter()
-                .any(|e| !e.hardlink && self.whiteout[e.inode.index()]);
-            if !has_whiteout {
+                .filter(|e| !e.hardlink && self.whiteout[e.inode.index()])
+                .map(|e| e.inode)
+                .collect();
+            if whiteouts.is_empty() {
                 continue;
             }
-            let v1 = self.version >= 1;
+            for id in whiteouts {
+                let w = &mut self.tree.inodes[id.index()];
+                w.stat.mode = (w.stat.mode & !S_IFMT) | S_IFCHR;
+                w.stat.rdev = 0;
+                w.content = Content::Special;
+                w.xattrs
+                    .retain(|x| x.name != WHITEOUT_UNESCAPED && x.name != USER_WHITEOUT);
+            }
             self.tree.inodes[d].xattrs.retain(|x| {
                 let n = x.name.as_slice();
                 !(n == WHITEOUTS_UNESCAPED
@@ -838,54 +946,157 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Chooses each inode's home entry. composefs writers store inodes in
-/// breadth-first order over home entries with children sorted by name, so
-/// walking the tree that way, an entry is the home of its inode exactly when
-/// that inode is the next one (by nid) not yet placed. If the image does not
-/// follow that order (e.g. mkfs.erofs output), the first entry seen in the
-/// same walk becomes the home instead.
-fn assign_homes(tree: &mut Tree, nids: &[u64]) {
-    if !assign_homes_by(tree, nids, true) {
-        assign_homes_by(tree, nids, false);
+impl Reader<'_> {
+    /// Whether directory `d` carries every marker the writer puts on a
+    /// directory holding whiteouts.
+    fn has_whiteout_markers(&self, d: usize) -> bool {
+        let dir = &self.tree.inodes[d];
+        dir.is_dir()
+            && has_xattr(&dir.xattrs, WHITEOUTS_UNESCAPED, b"")
+            && has_xattr(&dir.xattrs, USER_WHITEOUTS, b"")
+            && (self.version < 1
+                || (has_xattr(&dir.xattrs, OPAQUE_UNESCAPED, b"x")
+                    && has_xattr(&dir.xattrs, USER_OPAQUE, b"x")))
     }
 }
 
-fn assign_homes_by(tree: &mut Tree, nids: &[u64], nid_order: bool) -> bool {
+fn has_xattr(xattrs: &[Xattr], name: &[u8], value: &[u8]) -> bool {
+    xattrs.iter().any(|x| x.name == name && x.value == value)
+}
+
+/// Chooses each inode's home entry. composefs writers store inodes in
+/// breadth-first order over home entries with children sorted by name, so
+/// walking the tree that way, an entry is the home of its inode exactly when
+/// that inode is the next one (by nid) not yet placed. The root's real
+/// whiteouts, left out of the tree but re-added by the writer at the same
+/// names, take part in the walk as placeholders (`phantoms`: name, nid), since
+/// they hold nids between the tree's inodes.
+///
+/// Several entries of an inode can qualify when no other inode is placed
+/// between them in the walk; they give the same nid order, and the earliest
+/// is taken unless `prefer(inode, dir)` rejects its directory and a later
+/// qualifying entry's directory is preferred (whiteouts: the writer marks the
+/// home's directory). If the image does not follow that order (e.g.
+/// mkfs.erofs output), the first entry seen in the same walk becomes the
+/// home instead.
+fn assign_homes(
+    tree: &mut Tree,
+    nids: &[u64],
+    phantoms: &[(Vec<u8>, u64)],
+    prefer: &dyn Fn(usize, usize) -> bool,
+) {
+    if !assign_homes_by_nid(tree, nids, phantoms, prefer) {
+        assign_homes_first_seen(tree);
+    }
+}
+
+/// One entry of the breadth-first walk: directory, index in its entries
+/// (`None` for a phantom), target slot (tree inode, or `n + j` for phantom j).
+type WalkEntry = (usize, Option<usize>, usize);
+
+fn assign_homes_by_nid(
+    tree: &mut Tree,
+    nids: &[u64],
+    phantoms: &[(Vec<u8>, u64)],
+    prefer: &dyn Fn(usize, usize) -> bool,
+) -> bool {
     let n = tree.inodes.len();
+    let total = n + phantoms.len();
+    let nid_of = |i: usize| if i < n { nids[i] } else { phantoms[i - n].1 };
     let is_dir: Vec<bool> = tree.inodes.iter().map(|i| i.is_dir()).collect();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| nids[i]);
-    if nid_order && order.first() != Some(&0) {
+    let mut order: Vec<usize> = (0..total).collect();
+    order.sort_by_key(|&i| nid_of(i));
+    if order.first() != Some(&0) {
         return false;
     }
-    let mut placed = vec![false; n];
-    placed[0] = true;
-    let mut next = 1;
+    // Directories have exactly one entry, so the walk over all entries is
+    // fixed whatever the homes of other inodes are.
+    let mut walk: Vec<WalkEntry> = Vec::new();
     let mut queue = VecDeque::from([0usize]);
     while let Some(d) = queue.pop_front() {
-        let Content::Directory(entries) = &mut tree.inodes[d].content else {
+        let mut items: Vec<(&[u8], Option<usize>, usize)> = tree.inodes[d]
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(k, e)| (e.name.as_slice(), Some(k), e.inode.index()))
+            .collect();
+        if d == 0 && !phantoms.is_empty() {
+            items.extend(
+                phantoms
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (name, _))| (name.as_slice(), None, n + j)),
+            );
+            items.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        for (_, k, t) in items {
+            if t < n && is_dir[t] {
+                queue.push_back(t);
+            }
+            walk.push((d, k, t));
+        }
+    }
+    // Greedy: the earliest entry of the next inode in nid order is its home.
+    let mut home = vec![usize::MAX; total];
+    let mut next = 1;
+    for (p, &(_, _, t)) in walk.iter().enumerate() {
+        if next < total && order[next] == t {
+            home[t] = p;
+            next += 1;
+        } else if t >= n || is_dir[t] {
+            // Directories and phantoms have a single entry: it must be home.
+            return false;
+        }
+    }
+    if next != total {
+        return false;
+    }
+    // Move a home later within its window when that suits `prefer`.
+    for k in 1..total {
+        let t = order[k];
+        let p = home[t];
+        if t >= n || prefer(t, walk[p].0) {
             continue;
+        }
+        let end = if k + 1 < total {
+            home[order[k + 1]]
+        } else {
+            walk.len()
         };
-        for e in entries.iter_mut() {
-            let t = e.inode.index();
-            let home = if nid_order {
-                !placed[t] && next < n && order[next] == t
-            } else {
-                !placed[t]
-            };
-            e.hardlink = !home;
-            if home {
-                placed[t] = true;
-                next += 1;
-                if is_dir[t] {
-                    queue.push_back(t);
+        if let Some(q) = (p + 1..end).find(|&q| walk[q].2 == t && prefer(t, walk[q].0)) {
+            home[t] = q;
+        }
+    }
+    for (p, &(d, k, t)) in walk.iter().enumerate() {
+        if let (Some(k), Content::Directory(entries)) = (k, &mut tree.inodes[d].content) {
+            entries[k].hardlink = home[t] != p;
+        }
+    }
+    true
+}
+
+/// Fallback: the first entry seen in a breadth-first walk (children in name
+/// order) is the home.
+fn assign_homes_first_seen(tree: &mut Tree) {
+    let n = tree.inodes.len();
+    let is_dir: Vec<bool> = tree.inodes.iter().map(|i| i.is_dir()).collect();
+    let mut placed = vec![false; n];
+    placed[0] = true;
+    let mut queue = VecDeque::from([0usize]);
+    while let Some(d) = queue.pop_front() {
+        if let Content::Directory(entries) = &mut tree.inodes[d].content {
+            for e in entries.iter_mut() {
+                let t = e.inode.index();
+                e.hardlink = placed[t];
+                if !placed[t] {
+                    placed[t] = true;
+                    if is_dir[t] {
+                        queue.push_back(t);
+                    }
                 }
-            } else if nid_order && is_dir[t] {
-                return false;
             }
         }
     }
-    !nid_order || next == n
 }
 
 #[cfg(test)]

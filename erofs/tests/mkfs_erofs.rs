@@ -40,6 +40,13 @@ fn populate(src: &Path) {
             .collect::<Vec<_>>(),
     );
     w("exact-8192", &[0xa5; 8192]);
+    w("zeros-9000", &[0; 9000]);
+    w(
+        "big-20000",
+        &(0..20000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    );
     w("tiny-4095", &[1; 4095]);
     std::fs::create_dir_all(src.join("d1/d2/d3")).unwrap();
     w("d1/d2/d3/deep", b"deep");
@@ -168,6 +175,9 @@ fn mkfs_erofs_images_match_source() {
     let variants: &[(&[&str], bool)] = &[
         (&[], true),
         (&["-Enoinline_data"], true),
+        // Chunk-based files (4-byte block map), chunks of 1 and 2 blocks.
+        (&["--chunksize=4096"], true),
+        (&["--chunksize=8192"], true),
         (&["-T", "12345"], false),
         (&["--all-root", "-x", "-1"], false),
     ];
@@ -253,4 +263,29 @@ fn mkfs_erofs_shared_and_inline_xattrs() {
     let l = t.inode(sub.entries()[0].inode);
     assert_eq!(l.stat.mode & S_IFMT, S_IFLNK);
     assert!(matches!(&l.content, Content::Symlink(s) if s == b"f0"));
+}
+
+/// `mkfs.erofs --chunksize=4096 -T1700000000` (erofs-utils 1.5) of: `a`
+/// (5000 bytes, byte i = i*37 % 251), `b` ("small file\n"), `l` -> `a`, and
+/// `d/c` (bytes 0..=255 repeated 20 times). Regular files are chunk-based.
+const MKFS_CHUNKED: &[u8] = include_bytes!("fixtures/mkfs-chunked.erofs");
+
+#[test]
+fn mkfs_erofs_chunk_based_files() {
+    let t = read_image(MKFS_CHUNKED).unwrap().tree;
+    let file = |id: InodeId| match &t.inode(id).content {
+        Content::Regular(f) => match &f.data {
+            FileData::Inline(d) => d.clone(),
+            d => panic!("{d:?}"),
+        },
+        c => panic!("{c:?}"),
+    };
+    let root = t.root().entries();
+    let a: Vec<u8> = (0..5000u32).map(|i| (i * 37 % 251) as u8).collect();
+    assert_eq!(file(root[0].inode), a);
+    assert_eq!(file(root[1].inode), b"small file\n");
+    let d = t.inode(root[2].inode);
+    let c: Vec<u8> = (0..20).flat_map(|_| 0..=255u8).collect();
+    assert_eq!(file(d.entries()[0].inode), c);
+    assert!(matches!(&t.inode(root[3].inode).content, Content::Symlink(s) if s == b"a"));
 }

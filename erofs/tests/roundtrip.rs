@@ -7,7 +7,9 @@
 //! inline and external files.
 
 use erofs::format::*;
-use erofs::tree::{Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr};
+use erofs::tree::{
+    Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
+};
 use proptest::prelude::*;
 
 struct Rng(u64);
@@ -52,7 +54,11 @@ fn name(r: &mut Rng) -> Vec<u8> {
 fn stat(r: &mut Rng, mode: u32, shared_time: Timespec) -> Stat {
     Stat {
         mode: mode | (r.below(0o7777) as u32),
-        uid: if r.chance(20) { 65536 + r.below(1 << 30) as u32 } else { r.below(3) as u32 },
+        uid: if r.chance(20) {
+            65536 + r.below(1 << 30) as u32
+        } else {
+            r.below(3) as u32
+        },
         gid: if r.chance(20) { 70000 } else { 0 },
         nlink: 1,
         mtime: if r.chance(60) {
@@ -77,7 +83,10 @@ fn xattrs(r: &mut Rng) -> Vec<Xattr> {
     let mut out: Vec<Xattr> = Vec::new();
     for (k, v) in COMMON {
         if r.chance(25) {
-            out.push(Xattr { name: k.to_vec(), value: v.to_vec() });
+            out.push(Xattr {
+                name: k.to_vec(),
+                value: v.to_vec(),
+            });
         }
     }
     if r.chance(20) {
@@ -85,7 +94,10 @@ fn xattrs(r: &mut Rng) -> Vec<Xattr> {
         k.extend(name(r).into_iter().filter(|&c| c != 0).take(40));
         let len = r.below(300) as usize;
         if !out.iter().any(|x| x.name == k) {
-            out.push(Xattr { name: k, value: r.bytes(len) });
+            out.push(Xattr {
+                name: k,
+                value: r.bytes(len),
+            });
         }
     }
     out
@@ -93,7 +105,10 @@ fn xattrs(r: &mut Rng) -> Vec<Xattr> {
 
 fn random_tree(seed: u64) -> Tree {
     let mut r = Rng(seed | 1);
-    let t0 = Timespec { sec: 1_700_000_000, nsec: 0 };
+    let t0 = Timespec {
+        sec: 1_700_000_000,
+        nsec: 0,
+    };
     let mut b = TreeBuilder::new(stat(&mut r, S_IFDIR, t0));
     b.tree_mut().inode_mut(InodeId::ROOT).xattrs = xattrs(&mut r);
     let mut dirs = vec![InodeId::ROOT];
@@ -103,7 +118,12 @@ fn random_tree(seed: u64) -> Tree {
     for _ in 0..n {
         let parent = dirs[r.below(dirs.len() as u64) as usize];
         let nm = name(&mut r);
-        if b.tree().inode(parent).entries().iter().any(|e| e.name == nm) {
+        if b.tree()
+            .inode(parent)
+            .entries()
+            .iter()
+            .any(|e| e.name == nm)
+        {
             continue;
         }
         let kind = r.below(100);
@@ -115,7 +135,11 @@ fn random_tree(seed: u64) -> Tree {
         let (mode, content) = match kind {
             0..=19 => (S_IFDIR, Content::Directory(Vec::new())),
             20..=59 => {
-                let size = if r.chance(50) { r.below(65) } else { r.below(1 << 40) };
+                let size = if r.chance(50) {
+                    r.below(65)
+                } else {
+                    r.below(1 << 40)
+                };
                 let data = if size <= 64 && r.chance(70) {
                     FileData::Inline(r.bytes(size as usize))
                 } else {
@@ -133,7 +157,11 @@ fn random_tree(seed: u64) -> Tree {
                 (S_IFREG, Content::Regular(File { size, data }))
             }
             60..=74 => {
-                let len = if r.chance(10) { 3000 + r.below(1095) } else { 1 + r.below(100) };
+                let len = if r.chance(10) {
+                    3000 + r.below(1095)
+                } else {
+                    1 + r.below(100)
+                };
                 let t: Vec<u8> = (0..len).map(|_| b'a' + r.below(26) as u8).collect();
                 (S_IFLNK, Content::Symlink(t))
             }
@@ -149,7 +177,11 @@ fn random_tree(seed: u64) -> Tree {
         if mode == S_IFCHR || mode == S_IFBLK {
             st.rdev = if r.chance(30) { 0 } else { r.below(1 << 20) }; // chardev 0:0 = whiteout
         }
-        let inode = Inode { stat: st, xattrs: xattrs(&mut r), content };
+        let inode = Inode {
+            stat: st,
+            xattrs: xattrs(&mut r),
+            content,
+        };
         let id = b.add(parent, nm, inode);
         match mode {
             S_IFDIR => dirs.push(id),
@@ -179,7 +211,12 @@ fn canonical(t: &Tree) -> Tree {
     let subdirs: Vec<u32> = t
         .inodes
         .iter()
-        .map(|i| i.entries().iter().filter(|e| !e.hardlink && t.inodes[e.inode.index()].is_dir()).count() as u32)
+        .map(|i| {
+            i.entries()
+                .iter()
+                .filter(|e| !e.hardlink && t.inodes[e.inode.index()].is_dir())
+                .count() as u32
+        })
         .collect();
     for (i, n) in t.inodes.iter_mut().zip(subdirs) {
         i.xattrs.sort();
@@ -193,15 +230,34 @@ fn canonical(t: &Tree) -> Tree {
 fn check(seed: u64) {
     let tree = random_tree(seed);
     for opts in [
-        erofs::WriteOptions { min_version: 0, max_version: 1 },
-        erofs::WriteOptions { min_version: 1, max_version: 1 },
+        erofs::WriteOptions {
+            min_version: 0,
+            max_version: 1,
+        },
+        erofs::WriteOptions {
+            min_version: 1,
+            max_version: 1,
+        },
     ] {
-        let image = erofs::write_image(&tree, &opts).unwrap_or_else(|e| panic!("seed {seed}: write: {e}"));
+        let image =
+            erofs::write_image(&tree, &opts).unwrap_or_else(|e| panic!("seed {seed}: write: {e}"));
         let back = erofs::read_image(&image).unwrap_or_else(|e| panic!("seed {seed}: read: {e}"));
         let want = canonical(&tree);
         let got = canonical(&back.tree);
-        compare(&want, InodeId::ROOT, &got, InodeId::ROOT, seed, &mut Vec::new(), &mut Default::default());
-        assert_eq!(got.inodes.len(), want.inodes.len(), "seed {seed}: inode count");
+        compare(
+            &want,
+            InodeId::ROOT,
+            &got,
+            InodeId::ROOT,
+            seed,
+            &mut Vec::new(),
+            &mut Default::default(),
+        );
+        assert_eq!(
+            got.inodes.len(),
+            want.inodes.len(),
+            "seed {seed}: inode count"
+        );
         let again = erofs::write_image(&back.tree, &opts).unwrap();
         if again != image {
             let first = again.iter().zip(&image).position(|(a, b)| a != b);
@@ -219,9 +275,22 @@ fn check(seed: u64) {
 /// Which of several links is an inode's home is not compared: links in one
 /// directory that are adjacent in name order give the same image either way.
 /// Hard-link identity is: entries sharing an inode in `a` share one in `b`.
-fn compare(a: &Tree, ai: InodeId, b: &Tree, bi: InodeId, seed: u64, path: &mut Vec<u8>, map: &mut std::collections::HashMap<InodeId, InodeId>) {
+fn compare(
+    a: &Tree,
+    ai: InodeId,
+    b: &Tree,
+    bi: InodeId,
+    seed: u64,
+    path: &mut Vec<u8>,
+    map: &mut std::collections::HashMap<InodeId, InodeId>,
+) {
     if let Some(prev) = map.insert(ai, bi) {
-        assert_eq!(prev, bi, "seed {seed}: {}: hard link identity", String::from_utf8_lossy(path));
+        assert_eq!(
+            prev,
+            bi,
+            "seed {seed}: {}: hard link identity",
+            String::from_utf8_lossy(path)
+        );
         return;
     }
     let (x, y) = (a.inode(ai), b.inode(bi));
@@ -264,13 +333,30 @@ proptest! {
 fn debug_seed() {
     let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
     let tree = random_tree(seed);
-    let opts = erofs::WriteOptions { min_version: 0, max_version: 1 };
+    let opts = erofs::WriteOptions {
+        min_version: 0,
+        max_version: 1,
+    };
     let image = erofs::write_image(&tree, &opts).unwrap();
     let back = erofs::read_image(&image).unwrap();
     let show = |t: &Tree| {
         for (i, n) in t.inodes.iter().enumerate().take(3) {
-            eprintln!("{i}: {:?} xattrs {:?}", n.stat, n.xattrs.iter().map(|x| (String::from_utf8_lossy(&x.name).into_owned(), x.value.len())).collect::<Vec<_>>());
-            for e in n.entries() { eprintln!("   {:?} -> {} home={}", String::from_utf8_lossy(&e.name), e.inode.0, !e.hardlink); }
+            eprintln!(
+                "{i}: {:?} xattrs {:?}",
+                n.stat,
+                n.xattrs
+                    .iter()
+                    .map(|x| (String::from_utf8_lossy(&x.name).into_owned(), x.value.len()))
+                    .collect::<Vec<_>>()
+            );
+            for e in n.entries() {
+                eprintln!(
+                    "   {:?} -> {} home={}",
+                    String::from_utf8_lossy(&e.name),
+                    e.inode.0,
+                    !e.hardlink
+                );
+            }
         }
     };
     show(&tree);

@@ -63,7 +63,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     if args.command == Command::MeasureFile {
         for p in &args.paths {
             let f = fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-            let d = measure_or_compute(&f).with_context(|| format!("cannot measure {}", p.display()))?;
+            let d = measure_or_compute(&f)
+                .with_context(|| format!("cannot measure {}", p.display()))?;
             writeln!(out, "{}", d.to_hex())?;
         }
         return Ok(out.flush()?);
@@ -78,19 +79,21 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let mut objects = BTreeSet::new();
     for p in &args.paths {
         let bytes = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let mut image = erofs::read_image(&bytes).with_context(|| format!("cannot load {}", p.display()))?;
+        let mut image =
+            erofs::read_image(&bytes).with_context(|| format!("cannot load {}", p.display()))?;
         if !args.filter.is_empty() {
             filter_root(&mut image.tree, &args.filter);
         }
         match args.command {
             Command::Ls => ls(&image.tree, InodeId::ROOT, &mut Vec::new(), &mut out)?,
-            Command::Dump => dumpfile::print(&image.tree, &mut out)?,
+            Command::Dump => dumpfile::print_image(&image, &mut out)?,
             Command::Objects | Command::MissingObjects => {
                 for inode in &image.tree.inodes {
                     if let Content::Regular(erofs::File {
-                        data: FileData::External {
-                            redirect: Some(r), ..
-                        },
+                        data:
+                            FileData::External {
+                                redirect: Some(r), ..
+                            },
                         ..
                     }) = &inode.content
                     {
@@ -122,7 +125,9 @@ use std::os::unix::ffi::OsStrExt;
 pub fn measure_or_compute(f: &fs::File) -> io::Result<fsverity::Digest> {
     match fsverity::measure(f) {
         Ok(Some(d)) => Ok(d),
-        Ok(None) | Err(fsverity::VerityError::NotSupported(_)) => fsverity::digest_file(Algorithm::Sha256, f),
+        Ok(None) | Err(fsverity::VerityError::NotSupported(_)) => {
+            fsverity::digest_file(Algorithm::Sha256, f)
+        }
         Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
@@ -149,7 +154,10 @@ fn ls(tree: &Tree, dir: InodeId, path: &mut Vec<u8>, out: &mut impl Write) -> io
                 out.write_all(&escape(t, false))?;
             }
             Content::Regular(erofs::File {
-                data: FileData::External { redirect: Some(r), .. },
+                data:
+                    FileData::External {
+                        redirect: Some(r), ..
+                    },
                 ..
             }) => {
                 out.write_all(b"\t@ ")?;

@@ -93,13 +93,18 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     }
     let out = match (&args.image, args.print_digest_only) {
         (Some(_), true) => bail!("cannot give an IMAGE path with --print-digest-only"),
-        (None, false) => bail!("no IMAGE path given (use --print-digest-only to only print the digest)"),
+        (None, false) => {
+            bail!("no IMAGE path given (use --print-digest-only to only print the digest)")
+        }
         (Some(p), false) => Some(p.clone()),
         (None, true) => None,
     };
     let opts = versions(args.min_version, args.max_version);
     if opts.max_version > 1 {
-        bail!("unsupported format version {} (strata writes versions 0 and 1)", opts.max_version);
+        bail!(
+            "unsupported format version {} (strata writes versions 0 and 1)",
+            opts.max_version
+        );
     }
     if out.as_deref() == Some(Path::new("-")) && io::stdout().is_terminal() {
         bail!("stdout is a terminal; refusing to write an image to it");
@@ -128,7 +133,9 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
 fn read_dump(source: &Path) -> Result<erofs::Tree> {
     let mut input = Vec::new();
     if source == Path::new("-") {
-        io::stdin().read_to_end(&mut input).context("cannot read stdin")?;
+        io::stdin()
+            .read_to_end(&mut input)
+            .context("cannot read stdin")?;
     } else {
         input = fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
     }
@@ -200,10 +207,18 @@ pub fn write_output(path: &Path, data: &[u8]) -> io::Result<()> {
 
 fn tempfile_in(dir: &Path, target: &Path) -> io::Result<(PathBuf, fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for i in 0..1000u32 {
         let p = dir.join(format!(".{base}.{}.{i}.tmp", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).mode(0o666).open(&p) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&p)
+        {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),

@@ -148,7 +148,10 @@ pub fn main() -> ExitCode {
         verbose: cli.verbose,
     };
     let r = match &cli.command {
-        Command::Init { hash, require_verity } => repo::init(&g, hash, *require_verity),
+        Command::Init {
+            hash,
+            require_verity,
+        } => repo::init(&g, hash, *require_verity),
         Command::CreateImage { dir, name, threads } => {
             repo::create_image(&g, dir, name.as_deref(), threads.map(|t| t as usize))
         }
@@ -158,7 +161,10 @@ pub fn main() -> ExitCode {
         Command::Gc { dry_run } => repo::gc(&g, *dry_run),
         Command::Fsck { repair } => repo::fsck(&g, *repair),
         Command::Mkcomposefs { args } => {
-            return finish("strata mkcomposefs", mkcomposefs::run(with_name("mkcomposefs", args.clone())))
+            return finish(
+                "strata mkcomposefs",
+                mkcomposefs::run(with_name("mkcomposefs", args.clone())),
+            )
         }
         Command::ComposefsInfo { args } => {
             return finish(

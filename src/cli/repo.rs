@@ -34,9 +34,11 @@ impl Global {
         }
         let pb = indicatif::ProgressBar::new(len);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         pb.set_message(what.to_string());
         pb
@@ -49,7 +51,8 @@ impl Global {
             self.note(&format!("created repository {}", self.repo.display()));
             if let crate::fsverity::Support::NotSupported { reason } = support {
                 self.note(&format!(
-                    "fs-verity is not supported there ({reason}); objects are not verity-protected"
+                    "fs-verity is {reason}; objects in {} are not verity-protected",
+                    self.repo.display()
                 ));
             }
         }
@@ -63,7 +66,8 @@ impl Global {
 }
 
 pub fn init(g: &Global, hash: &str, require_verity: bool) -> Result<()> {
-    let alg = Algorithm::from_name(hash).with_context(|| format!("unknown hash {hash:?} (sha256 or sha512)"))?;
+    let alg = Algorithm::from_name(hash)
+        .with_context(|| format!("unknown hash {hash:?} (sha256 or sha512)"))?;
     let (repo, support) = Repository::init(&g.repo, alg, require_verity)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(repo.meta())?);
@@ -82,7 +86,12 @@ pub fn init(g: &Global, hash: &str, require_verity: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Option<usize>) -> Result<()> {
+pub fn create_image(
+    g: &Global,
+    source: &Path,
+    name: Option<&str>,
+    threads: Option<usize>,
+) -> Result<()> {
     if let Some(n) = name {
         crate::repo::check_name(n)?;
     }
@@ -90,7 +99,8 @@ pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Opti
     let scan = dir::scan(source, &ScanOptions::default())?;
     let total: u64 = scan.pending.iter().map(|p| p.size).sum();
     let pb = g.progress(total, "hashing");
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sink = ObjectSink {
         alg: repo.algorithm(),
         store: Some(repo.objects()),
@@ -98,7 +108,8 @@ pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Opti
     };
     let tree = dir::resolve(scan, &sink, threads)?;
     pb.finish_and_clear();
-    let image = erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;
+    let image =
+        erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;
     let id = repo.commit_image(&image, name)?;
     let (n, bytes) = repo.objects().written();
     if g.json {
@@ -110,7 +121,12 @@ pub fn create_image(g: &Global, source: &Path, name: Option<&str>, threads: Opti
     } else {
         println!("{}", id.to_hex());
         if g.verbose {
-            eprintln!("strata: {} new objects ({} bytes), image {} bytes", n, bytes, image.len());
+            eprintln!(
+                "strata: {} new objects ({} bytes), image {} bytes",
+                n,
+                bytes,
+                image.len()
+            );
         }
     }
     Ok(())
@@ -130,7 +146,11 @@ pub fn images(g: &Global) -> Result<()> {
         return Ok(());
     }
     let mut out = io::stdout().lock();
-    writeln!(out, "{:<24} {:<64} {:>10} {:>8} {:>12}", "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA")?;
+    writeln!(
+        out,
+        "{:<24} {:<64} {:>10} {:>8} {:>12}",
+        "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA"
+    )?;
     for i in infos {
         writeln!(
             out,
@@ -150,7 +170,7 @@ pub fn dump(g: &Global, name: &str) -> Result<()> {
     let id = repo.resolve(name)?;
     let image = repo.read_image(&id)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    dumpfile::print(&image.tree, &mut out)?;
+    dumpfile::print_image(&image, &mut out)?;
     out.flush()?;
     Ok(())
 }
@@ -161,7 +181,10 @@ pub fn rm(g: &Global, names: &[String]) -> Result<()> {
         repo.remove_ref(n)?;
     }
     if !g.quiet && !g.json {
-        eprintln!("strata: removed {} name(s); run `strata gc` to free space", names.len());
+        eprintln!(
+            "strata: removed {} name(s); run `strata gc` to free space",
+            names.len()
+        );
     }
     Ok(())
 }

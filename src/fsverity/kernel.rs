@@ -188,7 +188,9 @@ fn probe_inner(dir: &Path) -> Result<(), String> {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(VerityError::NotSupported(e)) => return Err(e.to_string()),
+            Err(VerityError::NotSupported(e)) => {
+                return Err(format!("not supported by the filesystem: {e}"))
+            }
             Err(e) => return Err(format!("enabling fs-verity failed: {e}")),
         }
     }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::CWD;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
-    FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
 };
 
 /// How a mount failed, naming the step and the object involved.
@@ -65,10 +65,11 @@ fn image_has_acl(path: &Path) -> Result<bool, MountError> {
         source: e,
     })?;
     let mut hdr = [0u8; 32];
-    f.read_exact(&mut hdr).map_err(|_| MountError::NotComposefs {
-        path: path.into(),
-        why: "shorter than its header".into(),
-    })?;
+    f.read_exact(&mut hdr)
+        .map_err(|_| MountError::NotComposefs {
+            path: path.into(),
+            why: "shorter than its header".into(),
+        })?;
     let magic = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     if magic != erofs::format::COMPOSEFS_MAGIC {
         return Err(MountError::NotComposefs {
@@ -83,11 +84,13 @@ fn image_has_acl(path: &Path) -> Result<bool, MountError> {
 /// Mounts the image's EROFS read-only and returns the detached mount.
 pub fn mount_erofs(image: &Path) -> Result<OwnedFd, MountError> {
     let has_acl = image_has_acl(image)?;
-    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
-        fs: "EROFS",
-        source: e.into(),
-    })?;
-    fsconfig_set_string(&fs, "source", image).map_err(kernel(format!("erofs source {}", image.display())))?;
+    let fs =
+        fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
+            fs: "EROFS",
+            source: e.into(),
+        })?;
+    fsconfig_set_string(&fs, "source", image)
+        .map_err(kernel(format!("erofs source {}", image.display())))?;
     fsconfig_set_flag(&fs, "ro").map_err(kernel("erofs ro"))?;
     if !has_acl {
         fsconfig_set_flag(&fs, "noacl").map_err(kernel("erofs noacl"))?;
@@ -96,15 +99,21 @@ pub fn mount_erofs(image: &Path) -> Result<OwnedFd, MountError> {
         step: format!("{}: EROFS refused the image", image.display()),
         source: e.into(),
     })?;
-    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(kernel("erofs fsmount"))
+    fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )
+    .map_err(kernel("erofs fsmount"))
 }
 
 /// Builds the overlay over a (detached) EROFS mount and returns it detached.
 fn mount_overlay(lower: &Path, opts: &MountOptions) -> Result<OwnedFd, MountError> {
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
-        fs: "overlayfs",
-        source: e.into(),
-    })?;
+    let fs =
+        fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
+            fs: "overlayfs",
+            source: e.into(),
+        })?;
     fsconfig_set_string(&fs, "source", "composefs").map_err(kernel("overlay source"))?;
     fsconfig_set_string(&fs, "metacopy", "on").map_err(kernel("overlay metacopy=on"))?;
     fsconfig_set_string(&fs, "redirect_dir", "on").map_err(kernel("overlay redirect_dir=on"))?;
@@ -117,13 +126,16 @@ fn mount_overlay(lower: &Path, opts: &MountOptions) -> Result<OwnedFd, MountErro
             path: d.clone(),
             source: e,
         })?;
-        fsconfig_set_string(&fs, "datadir+", d.as_path()).map_err(kernel(format!("overlay datadir+ {}", d.display())))?;
+        fsconfig_set_string(&fs, "datadir+", d.as_path())
+            .map_err(kernel(format!("overlay datadir+ {}", d.display())))?;
     }
     if let Some(u) = &opts.upperdir {
-        fsconfig_set_string(&fs, "upperdir", u.as_path()).map_err(kernel(format!("overlay upperdir {}", u.display())))?;
+        fsconfig_set_string(&fs, "upperdir", u.as_path())
+            .map_err(kernel(format!("overlay upperdir {}", u.display())))?;
     }
     if let Some(w) = &opts.workdir {
-        fsconfig_set_string(&fs, "workdir", w.as_path()).map_err(kernel(format!("overlay workdir {}", w.display())))?;
+        fsconfig_set_string(&fs, "workdir", w.as_path())
+            .map_err(kernel(format!("overlay workdir {}", w.display())))?;
     }
     fsconfig_create(&fs).map_err(kernel("overlay create"))?;
     let attrs = if opts.readonly || opts.upperdir.is_none() {
@@ -152,15 +164,23 @@ pub fn mount_composefs(image: &Path, target: &Path, opts: &MountOptions) -> Resu
     let lower = PathBuf::from(format!("/proc/self/fd/{}", erofs.as_fd().as_raw_fd()));
     let overlay = mount_overlay(&lower, opts)?;
     drop(erofs);
-    move_mount(overlay.as_fd(), "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-        .map_err(kernel(format!("attach overlay at {}", target.display())))?;
+    move_mount(
+        overlay.as_fd(),
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(kernel(format!("attach overlay at {}", target.display())))?;
     Ok(())
 }
 
 /// Unmounts `target` (lazily detaching nothing: a busy mount is an error).
 pub fn unmount(target: &Path) -> Result<(), MountError> {
-    rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(|e| MountError::MountPoint {
-        path: target.into(),
-        source: e.into(),
+    rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(|e| {
+        MountError::MountPoint {
+            path: target.into(),
+            source: e.into(),
+        }
     })
 }

@@ -4,11 +4,15 @@
 pub mod layout_writer;
 pub mod reference;
 pub mod source;
+pub mod splitstream;
+pub mod tar;
 mod verify;
 
 pub use layout_writer::write_layout;
 pub use reference::{ImageRef, Reference};
 pub use source::{Compression, LayerDesc, OciSource, PlatformSpec, ResolvedImage, SourceError};
+pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats, ImportedLayer};
+pub use tar::LayerError;
 
 use erofs::tree::{Timespec, Xattr};
 

@@ -16,35 +16,69 @@ use crate::fsverity::{self, Digest};
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Problem {
     /// The object's content does not hash to its name (flipped byte, truncation).
-    CorruptObject { path: PathBuf, actual: String },
+    CorruptObject {
+        path: PathBuf,
+        actual: String,
+    },
     /// fs-verity is enforced but the object has none, or the kernel's digest differs.
-    VerityMismatch { path: PathBuf, detail: String },
+    VerityMismatch {
+        path: PathBuf,
+        detail: String,
+    },
     /// A file in objects/ that is not named like an object.
-    StrayFile { path: PathBuf },
+    StrayFile {
+        path: PathBuf,
+    },
     /// An object an image references is missing.
-    MissingObject { image: String, object: String },
+    MissingObject {
+        image: String,
+        object: String,
+    },
     /// images/<id> or a ref points at nothing.
-    DanglingImage { path: PathBuf },
-    DanglingRef { name: String, target: String },
+    DanglingImage {
+        path: PathBuf,
+    },
+    DanglingRef {
+        name: String,
+        target: String,
+    },
     /// An image that cannot be parsed.
-    CorruptImage { image: String, error: String },
+    CorruptImage {
+        image: String,
+        error: String,
+    },
     /// Objects could not be read.
-    Unreadable { path: PathBuf, error: String },
+    Unreadable {
+        path: PathBuf,
+        error: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Problem::CorruptObject { path, actual } => {
-                write!(f, "corrupt object {}: content hashes to {actual}", path.display())
+                write!(
+                    f,
+                    "corrupt object {}: content hashes to {actual}",
+                    path.display()
+                )
             }
-            Problem::VerityMismatch { path, detail } => write!(f, "object {}: {detail}", path.display()),
-            Problem::StrayFile { path } => write!(f, "stray file {} (not an object name)", path.display()),
-            Problem::MissingObject { image, object } => write!(f, "image {image}: missing object {object}"),
+            Problem::VerityMismatch { path, detail } => {
+                write!(f, "object {}: {detail}", path.display())
+            }
+            Problem::StrayFile { path } => {
+                write!(f, "stray file {} (not an object name)", path.display())
+            }
+            Problem::MissingObject { image, object } => {
+                write!(f, "image {image}: missing object {object}")
+            }
             Problem::DanglingImage { path } => write!(f, "dangling image entry {}", path.display()),
             Problem::DanglingRef { name, target } => write!(f, "dangling ref {name} -> {target}"),
             Problem::CorruptImage { image, error } => write!(f, "image {image}: {error}"),
-            Problem::Unreadable { path, error } => write!(f, "cannot read {}: {error}", path.display()),
+            Problem::Unreadable { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
         }
     }
 }
@@ -62,7 +96,11 @@ pub struct FsckReport {
 
 impl Repository {
     /// Checks the repository; with `repair`, removes corrupt objects.
-    pub fn fsck(&self, repair: bool, progress: Option<&indicatif::ProgressBar>) -> Result<FsckReport, RepoError> {
+    pub fn fsck(
+        &self,
+        repair: bool,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<FsckReport, RepoError> {
         let mut report = FsckReport::default();
         let objects = self.root.join("objects");
         let mut files = Vec::new();
@@ -70,7 +108,9 @@ impl Repository {
             let sub = sub.map_err(|e| ioe(&objects, "cannot read", e))?;
             let sname = sub.file_name().to_string_lossy().into_owned();
             if !sub.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                report.problems.push(Problem::StrayFile { path: sub.path() });
+                report
+                    .problems
+                    .push(Problem::StrayFile { path: sub.path() });
                 continue;
             }
             for e in fs::read_dir(sub.path()).map_err(|e| ioe(sub.path(), "cannot read", e))? {
@@ -119,7 +159,9 @@ impl Repository {
                 continue;
             };
             if !self.objects.contains(&id) {
-                report.problems.push(Problem::DanglingImage { path: e.path() });
+                report
+                    .problems
+                    .push(Problem::DanglingImage { path: e.path() });
                 continue;
             }
             report.images_checked += 1;
@@ -139,7 +181,12 @@ impl Repository {
             refs.sort();
             refs.dedup();
             for r in &refs {
-                let present = rustix::fs::statat(self.objects.dir_fd(), r.as_str(), rustix::fs::AtFlags::empty()).is_ok();
+                let present = rustix::fs::statat(
+                    self.objects.dir_fd(),
+                    r.as_str(),
+                    rustix::fs::AtFlags::empty(),
+                )
+                .is_ok();
                 if !present {
                     report.problems.push(Problem::MissingObject {
                         image: hex.clone(),
@@ -168,7 +215,9 @@ impl Repository {
                 report.removed.push(p);
             }
             for (image, refs) in &image_objects {
-                if refs.iter().any(|r| corrupt.contains(r)) || corrupt.contains(&format!("{}/{}", &image[..2], &image[2..])) {
+                if refs.iter().any(|r| corrupt.contains(r))
+                    || corrupt.contains(&format!("{}/{}", &image[..2], &image[2..]))
+                {
                     report.incomplete_images.push(image.clone());
                 }
             }
@@ -179,7 +228,12 @@ impl Repository {
     }
 }
 
-fn check_object(alg: fsverity::Algorithm, enforced: bool, rel: &str, path: &PathBuf) -> Option<Problem> {
+fn check_object(
+    alg: fsverity::Algorithm,
+    enforced: bool,
+    rel: &str,
+    path: &PathBuf,
+) -> Option<Problem> {
     let Ok(expected) = Digest::from_object_path(rel) else {
         return Some(Problem::StrayFile { path: path.clone() });
     };

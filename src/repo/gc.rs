@@ -20,6 +20,7 @@ pub struct GcReport {
     pub objects_removed: u64,
     pub bytes_freed: u64,
     pub objects_kept: u64,
+    pub refs_removed: u64,
 }
 
 impl Repository {
@@ -38,8 +39,49 @@ impl Repository {
             }
         }
         let mut live: HashSet<Vec<u8>> = HashSet::new();
+        // Records of live images keep their objects and refs.
+        let mut live_refs: HashSet<(String, String)> = HashSet::new();
+        for (name, d) in self.list_refs("records") {
+            let Some(d) = d.filter(|d| live_images.contains(&name) && self.objects.contains(d))
+            else {
+                continue;
+            };
+            let bytes = self.read_object(&d)?;
+            let record: super::Record = serde_json::from_slice(&bytes).map_err(|e| {
+                ioe(
+                    self.objects.object_path(&d),
+                    "corrupt record",
+                    std::io::Error::other(e),
+                )
+            })?;
+            live.insert(d.object_path().into_bytes());
+            live.extend(record.keeps.iter().map(|k| k.as_bytes().to_vec()));
+            live_refs.insert(("records".to_string(), name));
+            live_refs.extend(record.refs.iter().cloned());
+        }
+        // Refs outside refs/images that no live record claims.
+        let refs_dir = self.root.join("refs");
+        for ns in fs::read_dir(&refs_dir)
+            .map_err(|e| ioe(&refs_dir, "cannot read", e))?
+            .flatten()
+        {
+            let ns = ns.file_name().to_string_lossy().into_owned();
+            if ns == "images" {
+                continue;
+            }
+            for (name, _) in self.list_refs(&ns) {
+                if !live_refs.contains(&(ns.clone(), name.clone())) {
+                    if !dry_run {
+                        self.remove_ns_ref(&ns, &name)?;
+                    }
+                    report.refs_removed += 1;
+                }
+            }
+        }
         for hex in &live_images {
-            let Ok(id) = Digest::from_hex(self.alg, hex) else { continue };
+            let Ok(id) = Digest::from_hex(self.alg, hex) else {
+                continue;
+            };
             if !self.objects.contains(&id) {
                 continue; // dangling ref: fsck reports it
             }

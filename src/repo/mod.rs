@@ -58,7 +58,11 @@ pub enum RepoError {
     },
 }
 
-pub(crate) fn ioe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> RepoError {
+pub(crate) fn ioe(
+    path: impl Into<PathBuf>,
+    what: &'static str,
+    e: impl Into<io::Error>,
+) -> RepoError {
     RepoError::Io {
         path: path.into(),
         what,
@@ -151,13 +155,19 @@ impl Repository {
     /// Creates a repository at `root`. fs-verity is probed on its filesystem:
     /// where it is missing the repository is recorded as not verity-enforced
     /// (and `require_verity` makes that an error).
-    pub fn init(root: &Path, alg: Algorithm, require_verity: bool) -> Result<(Repository, fsverity::Support), RepoError> {
+    pub fn init(
+        root: &Path,
+        alg: Algorithm,
+        require_verity: bool,
+    ) -> Result<(Repository, fsverity::Support), RepoError> {
         if root.join("meta.json").exists() {
             return Err(RepoError::Exists(root.to_path_buf()));
         }
-        fs::create_dir_all(root.join("objects")).map_err(|e| ioe(root, "cannot create repository", e))?;
+        fs::create_dir_all(root.join("objects"))
+            .map_err(|e| ioe(root, "cannot create repository", e))?;
         for d in ["images", "refs/images", "tmp"] {
-            fs::create_dir_all(root.join(d)).map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
+            fs::create_dir_all(root.join(d))
+                .map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
         }
         let support = fsverity::probe(&root.join("objects"));
         if require_verity && !support.is_supported() {
@@ -182,7 +192,9 @@ impl Repository {
         let meta_path = root.join("meta.json");
         let bytes = match fs::read(&meta_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotARepo(root.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NotARepo(root.into()))
+            }
             Err(e) => return Err(ioe(&meta_path, "cannot read", e)),
         };
         let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| RepoError::Meta {
@@ -212,7 +224,8 @@ impl Repository {
         if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
             clean_dir(&root.join("tmp"));
             if mode == LockMode::Shared {
-                rustix::fs::flock(&lock, FlockOperation::LockShared).map_err(|e| ioe(root, "cannot lock", e))?;
+                rustix::fs::flock(&lock, FlockOperation::LockShared)
+                    .map_err(|e| ioe(root, "cannot lock", e))?;
             }
         } else {
             let op = match mode {
@@ -239,7 +252,10 @@ impl Repository {
     /// Opens the repository, creating it first if `root` holds none
     /// (first use needs no setup). Returns whether it was created, and the
     /// fs-verity probe result when it was.
-    pub fn open_or_create(root: &Path, mode: LockMode) -> Result<(Repository, Option<fsverity::Support>), RepoError> {
+    pub fn open_or_create(
+        root: &Path,
+        mode: LockMode,
+    ) -> Result<(Repository, Option<fsverity::Support>), RepoError> {
         match Self::open(root, mode) {
             Err(RepoError::NotARepo(_)) => {
                 let (r, support) = match Self::init(root, Algorithm::Sha256, false) {
@@ -289,7 +305,11 @@ impl Repository {
         self.objects.sync()?;
         let hex = id.to_hex();
         let target = format!("../objects/{}", id.object_path());
-        symlink_atomic(&target, &self.root.join("images").join(&hex), &self.root.join("tmp"))?;
+        symlink_atomic(
+            &target,
+            &self.root.join("images").join(&hex),
+            &self.root.join("tmp"),
+        )?;
         if let Some(n) = name {
             symlink_atomic(
                 &format!("../../images/{hex}"),
@@ -347,7 +367,13 @@ impl Repository {
     pub fn read_image(&self, id: &Digest) -> Result<erofs::ReadImage, RepoError> {
         let p = self.image_path(id);
         let bytes = fs::read(&p).map_err(|e| ioe(&p, "cannot read image", e))?;
-        erofs::read_image(&bytes).map_err(|e| ioe(&p, "corrupt image", io::Error::new(io::ErrorKind::InvalidData, e)))
+        erofs::read_image(&bytes).map_err(|e| {
+            ioe(
+                &p,
+                "corrupt image",
+                io::Error::new(io::ErrorKind::InvalidData, e),
+            )
+        })
     }
 
     /// Describes an image: sizes and the objects it references.
@@ -359,11 +385,15 @@ impl Repository {
         }
         let mut data_size = 0;
         for r in &objs {
-            if let Ok(st) = rustix::fs::statat(self.objects.dir_fd(), r.as_slice(), AtFlags::empty()) {
+            if let Ok(st) =
+                rustix::fs::statat(self.objects.dir_fd(), r.as_slice(), AtFlags::empty())
+            {
                 data_size += st.st_size as u64;
             }
         }
-        let image_size = fs::metadata(self.image_path(id)).map(|m| m.len()).unwrap_or(0);
+        let image_size = fs::metadata(self.image_path(id))
+            .map(|m| m.len())
+            .unwrap_or(0);
         Ok(ImageInfo {
             name,
             id: id.to_hex(),
@@ -373,15 +403,114 @@ impl Repository {
         })
     }
 
+    /// Points `refs/NS/NAME` at an object (atomically). Namespaces other than
+    /// `images` hold caches and metadata: `layers` (diff_id → splitstream),
+    /// `blobs` (OCI digest → manifest/config bytes), `oci` (image id → import
+    /// record), `manifests` (manifest digest → import record).
+    pub fn set_ref(&self, ns: &str, name: &str, target: &Digest) -> Result<(), RepoError> {
+        let dir = self.root.join("refs").join(ns);
+        fs::create_dir_all(&dir).map_err(|e| ioe(&dir, "cannot create directory", e))?;
+        symlink_atomic(
+            &format!("../../objects/{}", target.object_path()),
+            &dir.join(name),
+            &self.root.join("tmp"),
+        )
+    }
+
+    /// The object `refs/NS/NAME` points at, if the ref and the object exist.
+    pub fn get_ref(&self, ns: &str, name: &str) -> Option<Digest> {
+        let t = fs::read_link(self.root.join("refs").join(ns).join(name)).ok()?;
+        let d = Digest::from_object_path(t.to_str()?).ok()?;
+        self.objects.contains(&d).then_some(d)
+    }
+
+    /// All refs of a namespace with their targets (None when dangling or malformed).
+    pub fn list_refs(&self, ns: &str) -> Vec<(String, Option<Digest>)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("refs").join(ns)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let d = fs::read_link(e.path())
+                    .ok()
+                    .and_then(|t| t.to_str().and_then(|t| Digest::from_object_path(t).ok()));
+                out.push((name, d));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Removes `refs/NS/NAME` if present.
+    pub fn remove_ns_ref(&self, ns: &str, name: &str) -> Result<(), RepoError> {
+        let p = self.root.join("refs").join(ns).join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ioe(p, "cannot remove", e)),
+        }
+    }
+
+    /// Reads a whole object.
+    pub fn read_object(&self, d: &Digest) -> Result<Vec<u8>, RepoError> {
+        let p = self.objects.object_path(d);
+        fs::read(&p).map_err(|e| ioe(p, "cannot read object", e))
+    }
+
+    /// Makes `NAME` point at an existing image.
+    pub fn tag_image(&self, id: &Digest, name: &str) -> Result<(), RepoError> {
+        check_name(name)?;
+        symlink_atomic(
+            &format!("../../images/{}", id.to_hex()),
+            &self.root.join("refs/images").join(name),
+            &self.root.join("tmp"),
+        )?;
+        sync_dir(&self.root.join("refs/images"))
+    }
+
     /// Removes the name `name` (the image stays until gc finds it unreferenced).
     pub fn remove_ref(&self, name: &str) -> Result<(), RepoError> {
         check_name(name)?;
         let p = self.root.join("refs/images").join(name);
         match fs::remove_file(&p) {
             Ok(()) => sync_dir(&self.root.join("refs/images")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RepoError::NoSuchImage(name.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(RepoError::NoSuchImage(name.into()))
+            }
             Err(e) => Err(ioe(p, "cannot remove", e)),
         }
+    }
+}
+
+/// Metadata that travels with an image (e.g. how an OCI image was imported),
+/// stored as an object under `refs/records/<image id>`. `keeps` lists the
+/// objects (`XX/YYYY…`) it needs beyond the image's own (manifests, configs,
+/// splitstreams and their payloads); `refs` the refs in other namespaces
+/// that belong to it. gc keeps both while the image is named, and removes
+/// them with it. Other fields are the importer's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub image: String,
+    #[serde(default)]
+    pub keeps: Vec<String>,
+    #[serde(default)]
+    pub refs: Vec<(String, String)>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Repository {
+    /// Stores a record for an image (objects are flushed by the caller's
+    /// commit) and links it as `refs/records/<image id>`.
+    pub fn store_record(&self, record: &Record) -> Result<Digest, RepoError> {
+        let bytes = serde_json::to_vec(record).expect("record serializes");
+        let (d, _) = self.objects.add_bytes(&bytes)?;
+        Ok(d)
+    }
+
+    /// Reads the record of an image, if it has one.
+    pub fn record(&self, image: &Digest) -> Option<Record> {
+        let d = self.get_ref("records", &image.to_hex())?;
+        serde_json::from_slice(&self.read_object(&d).ok()?).ok()
     }
 }
 
@@ -409,7 +538,11 @@ fn clean_dir(dir: &Path) {
 fn tmp_name(tmp: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    tmp.join(format!(".{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+    tmp.join(format!(
+        ".{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Writes a small file atomically (temp file in `tmp`, fsync, rename).
@@ -440,8 +573,12 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
 
 /// fsyncs a directory (making renames in it durable).
 pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
-    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| ioe(dir, "cannot open", e))?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ioe(dir, "cannot open", e))?;
     rustix::fs::fsync(fd.as_fd()).map_err(|e| ioe(dir, "fsync", e))
 }
 

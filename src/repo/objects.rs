@@ -66,7 +66,11 @@ pub struct ObjectError {
     pub source: io::Error,
 }
 
-pub(crate) fn oe(path: impl Into<PathBuf>, what: &'static str, e: impl Into<io::Error>) -> ObjectError {
+pub(crate) fn oe(
+    path: impl Into<PathBuf>,
+    what: &'static str,
+    e: impl Into<io::Error>,
+) -> ObjectError {
     ObjectError {
         path: path.into(),
         what,
@@ -104,7 +108,12 @@ impl ObjectDir {
 
     /// Like [`ObjectDir::open`], with temporary files in `tmp` (same filesystem)
     /// and the given verity policy.
-    pub fn open_with(path: &Path, tmp: &Path, alg: Algorithm, policy: VerityPolicy) -> Result<Self, ObjectError> {
+    pub fn open_with(
+        path: &Path,
+        tmp: &Path,
+        alg: Algorithm,
+        policy: VerityPolicy,
+    ) -> Result<Self, ObjectError> {
         let mut d = Self::open(path, alg)?;
         fs::create_dir_all(tmp).map_err(|e| oe(tmp, "cannot create directory", e))?;
         d.tmp = Some((tmp.to_path_buf(), open_dir(tmp)?));
@@ -135,7 +144,12 @@ impl ObjectDir {
 
     /// Whether the object exists.
     pub fn contains(&self, digest: &Digest) -> bool {
-        rustix::fs::statat(&self.dir, digest.object_path().as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        rustix::fs::statat(
+            &self.dir,
+            digest.object_path().as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
     }
 
     /// Full path of an object.
@@ -143,7 +157,9 @@ impl ObjectDir {
         self.path.join(digest.object_path())
     }
 
-    fn tmp_file(&self) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
+    fn tmp_file(
+        &self,
+    ) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
         let (tmp_dir, tmp_path) = match &self.tmp {
             Some((p, d)) => (d.as_fd(), p.as_path()),
             None => (self.dir.as_fd(), self.path.as_path()),
@@ -168,7 +184,12 @@ impl ObjectDir {
     /// while its metadata was `before` (size, mtime, ctime). If the file
     /// changed since, the copy is refused rather than stored under a name
     /// that does not match its bytes.
-    pub fn add_file(&self, src: &fs::File, digest: &Digest, before: &FileStamp) -> Result<Added, ObjectError> {
+    pub fn add_file(
+        &self,
+        src: &fs::File,
+        digest: &Digest,
+        before: &FileStamp,
+    ) -> Result<Added, ObjectError> {
         self.add_with(digest, |tmp| {
             if rustix::fs::ioctl_ficlone(tmp, src).is_err() {
                 copy_all(src, tmp)?;
@@ -202,22 +223,44 @@ impl ObjectDir {
         digest: &Digest,
         fill: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Result<Added, ObjectError> {
-        let rel = digest.object_path();
-        if rustix::fs::statat(&self.dir, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        if self.contains(digest) {
             return Ok(Added::Present);
         }
-        let sub = &rel[..2];
-        match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(oe(self.path.join(sub), "cannot create directory", e)),
+        let tmp = self.tmp_file()?;
+        if let Err(e) = fill(tmp.3.as_fd()) {
+            let _ = rustix::fs::unlinkat(tmp.0, tmp.1.as_str(), AtFlags::empty());
+            return Err(oe(&tmp.2, "cannot write object data", e));
         }
-        let (tmp_dir, tmp_name, tmp_path, fd) = self.tmp_file()?;
+        self.install(digest, tmp)
+    }
+
+    /// Moves a filled temporary file into place as object `digest` (which the
+    /// caller checked is absent): read-only mode, fs-verity, rename. The
+    /// temporary file is removed on failure.
+    fn install(
+        &self,
+        digest: &Digest,
+        (tmp_dir, tmp_name, tmp_path, fd): (BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd),
+    ) -> Result<Added, ObjectError> {
+        let rel = digest.object_path();
         let cleanup = |e: ObjectError| {
             let _ = rustix::fs::unlinkat(tmp_dir, tmp_name.as_str(), AtFlags::empty());
             e
         };
-        fill(fd.as_fd()).map_err(|e| cleanup(oe(&tmp_path, "cannot write object data", e)))?;
-        let size = rustix::fs::fstat(&fd).map(|s| s.st_size as u64).unwrap_or(0);
+        let sub = &rel[..2];
+        match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(cleanup(oe(
+                    self.path.join(sub),
+                    "cannot create directory",
+                    e,
+                )))
+            }
+        }
+        let size = rustix::fs::fstat(&fd)
+            .map(|s| s.st_size as u64)
+            .unwrap_or(0);
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
             .map_err(|e| cleanup(oe(&tmp_path, "cannot chmod object", e)))?;
         // fs-verity needs a read-only fd and no writer left open.
@@ -225,14 +268,37 @@ impl ObjectDir {
         let verity = self
             .try_enable_verity(tmp_dir, &tmp_name, &tmp_path)
             .map_err(&cleanup)?;
-        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str())
-            .map_err(|e| cleanup(oe(self.path.join(&rel), "cannot rename object into place", e)))?;
+        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str()).map_err(|e| {
+            cleanup(oe(
+                self.path.join(&rel),
+                "cannot rename object into place",
+                e,
+            ))
+        })?;
         self.written.fetch_add(1, Ordering::Relaxed);
         self.written_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Added::Written { verity })
     }
 
-    fn try_enable_verity(&self, dir: BorrowedFd<'_>, name: &str, path: &Path) -> Result<bool, ObjectError> {
+    /// Starts adding an object whose bytes are not known in advance: write
+    /// them to the returned [`ObjectWriter`] (which hashes as it goes), then
+    /// [`ObjectWriter::commit`]. Dropping the writer without committing
+    /// removes its temporary file.
+    pub fn writer(&self) -> Result<ObjectWriter<'_>, ObjectError> {
+        let (dir, name, path, fd) = self.tmp_file()?;
+        Ok(ObjectWriter {
+            objects: self,
+            hasher: fsverity::FsVerityHasher::new(self.alg),
+            tmp: Some((dir, name, path, fs::File::from(fd))),
+        })
+    }
+
+    fn try_enable_verity(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        path: &Path,
+    ) -> Result<bool, ObjectError> {
         if self.verity_unsupported.load(Ordering::Relaxed) && self.policy == VerityPolicy::Try {
             return Ok(false);
         }
@@ -257,6 +323,73 @@ impl ObjectDir {
     }
 }
 
+/// A streaming insert into an [`ObjectDir`]: bytes go to a temporary file
+/// and through an fs-verity hasher; [`ObjectWriter::commit`] moves the file
+/// into place under its digest (or drops it if that object already exists).
+pub struct ObjectWriter<'a> {
+    objects: &'a ObjectDir,
+    hasher: fsverity::FsVerityHasher,
+    tmp: Option<(BorrowedFd<'a>, String, PathBuf, fs::File)>,
+}
+
+impl std::fmt::Debug for ObjectWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("tmp", &self.tmp.as_ref().map(|t| &t.2))
+            .field("len", &self.hasher.len())
+            .finish()
+    }
+}
+
+impl ObjectWriter<'_> {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
+    /// Finishes the object: returns its digest and whether it was new.
+    pub fn commit(mut self) -> Result<(Digest, Added), ObjectError> {
+        let (dir, name, path, file) = self.tmp.take().expect("ObjectWriter used after commit");
+        let fresh = fsverity::FsVerityHasher::new(self.objects.alg);
+        let hasher = std::mem::replace(&mut self.hasher, fresh);
+        let digest = hasher.finish();
+        if self.objects.contains(&digest) {
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+            return Ok((digest, Added::Present));
+        }
+        let tmp = (dir, name, path, file.into());
+        let added = self.objects.install(&digest, tmp)?;
+        Ok((digest, added))
+    }
+}
+
+impl io::Write for ObjectWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some((_, _, _, file)) = self.tmp.as_mut() else {
+            return Err(io::Error::other("ObjectWriter used after commit"));
+        };
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        if let Some((dir, name, _, _)) = self.tmp.take() {
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
 /// Enables fs-verity, retrying while the kernel says a writer is still open
 /// (ETXTBSY: another thread may be between fork and exec holding our fd).
 pub fn enable_retrying(fd: BorrowedFd<'_>, alg: Algorithm) -> Result<(), VerityError> {
@@ -278,7 +411,8 @@ fn copy_all(src: &fs::File, dst: BorrowedFd<'_>) -> io::Result<()> {
     let mut off_in: u64 = 0;
     let mut off_out: u64 = 0;
     loop {
-        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30) {
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30)
+        {
             Ok(0) => return Ok(()),
             Ok(_) => continue,
             Err(
@@ -337,13 +471,17 @@ pub struct ObjectSink<'a> {
 
 impl FileSink for ObjectSink<'_> {
     fn ingest(&self, f: &PendingFile) -> Result<Vec<u8>, ScanError> {
-        let file = fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
+        let file =
+            fs::File::open(&f.path).map_err(|e| ScanError::new(&f.path, "cannot open", e))?;
         let stamp = FileStamp::of(&file).map_err(|e| ScanError::new(&f.path, "cannot stat", e))?;
         if stamp.size != f.size {
             return Err(ScanError::new(
                 &f.path,
                 "file changed while reading the tree",
-                io::Error::new(io::ErrorKind::InvalidData, format!("size was {}, now {}", f.size, stamp.size)),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("size was {}, now {}", f.size, stamp.size),
+                ),
             ));
         }
         let digest = if f.size >= PARALLEL_HASH_MIN {

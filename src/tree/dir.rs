@@ -17,7 +17,9 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use erofs::tree::{Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr};
+use erofs::tree::{
+    Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
+};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
@@ -87,7 +89,12 @@ fn stat_of(st: &rustix::fs::Stat, opts: &ScanOptions) -> Stat {
 }
 
 /// Reads the xattrs of `name` in the directory open as `dirfd`.
-fn read_xattrs(dirfd: &fs::File, name: &OsStr, full: &Path, opts: &ScanOptions) -> Result<Vec<Xattr>, ScanError> {
+fn read_xattrs(
+    dirfd: &fs::File,
+    name: &OsStr,
+    full: &Path,
+    opts: &ScanOptions,
+) -> Result<Vec<Xattr>, ScanError> {
     if opts.skip_xattrs {
         return Ok(Vec::new());
     }
@@ -96,7 +103,11 @@ fn read_xattrs(dirfd: &fs::File, name: &OsStr, full: &Path, opts: &ScanOptions) 
     use std::os::fd::AsRawFd;
     let mut via_proc = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd()));
     via_proc.push(name);
-    let path: &Path = if Path::new("/proc/self/fd").exists() { &via_proc } else { full };
+    let path: &Path = if Path::new("/proc/self/fd").exists() {
+        &via_proc
+    } else {
+        full
+    };
     let err = |e: rustix::io::Errno| ScanError::new(full, "reading xattrs", e);
     let mut list = Vec::new();
     loop {
@@ -161,7 +172,10 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
         ));
     }
     let dir = open_dir(rustix::fs::CWD, root, root)?;
-    let parent_path = root.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    let parent_path = root
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let root_xattrs = {
         // The root's xattrs are read through its parent (or by path).
         let pfd = fs::File::open(&parent_path).ok();
@@ -181,11 +195,18 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
         links: HashMap::new(),
     };
     w.walk(InodeId::ROOT, &dir, root)?;
-    let Walker { builder, pending, .. } = w;
+    let Walker {
+        builder, pending, ..
+    } = w;
     let mut tree = builder.finish_unchecked();
     count_links(&mut tree);
-    tree.validate()
-        .map_err(|e| ScanError::new(root, "invalid tree", io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    tree.validate().map_err(|e| {
+        ScanError::new(
+            root,
+            "invalid tree",
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
     Ok(Scan { tree, pending })
 }
 
@@ -195,7 +216,11 @@ fn read_xattrs_by_path(path: &Path, opts: &ScanOptions) -> Result<Vec<Xattr>, Sc
     read_xattrs(&parent, rel.as_os_str(), path, opts)
 }
 
-fn open_dir<Fd: std::os::fd::AsFd>(at: Fd, name: impl rustix::path::Arg, full: &Path) -> Result<fs::File, ScanError> {
+fn open_dir<Fd: std::os::fd::AsFd>(
+    at: Fd,
+    name: impl rustix::path::Arg,
+    full: &Path,
+) -> Result<fs::File, ScanError> {
     rustix::fs::openat(
         at,
         name,
@@ -232,8 +257,9 @@ struct Walker {
 impl Walker {
     fn walk(&mut self, dir_id: InodeId, dir: &fs::File, dir_path: &Path) -> Result<(), ScanError> {
         let mut names: Vec<Vec<u8>> = Vec::new();
-        let mut rd = rustix::fs::Dir::read_from(dir).map_err(|e| ScanError::new(dir_path, "cannot read directory", e))?;
-        while let Some(ent) = rd.next() {
+        let rd = rustix::fs::Dir::read_from(dir)
+            .map_err(|e| ScanError::new(dir_path, "cannot read directory", e))?;
+        for ent in rd {
             let ent = ent.map_err(|e| ScanError::new(dir_path, "cannot read directory", e))?;
             let n = ent.file_name().to_bytes();
             if n != b"." && n != b".." {
@@ -294,7 +320,15 @@ impl Walker {
                 }
             };
             let is_dir = ftype == S_IFDIR;
-            let id = self.builder.add(dir_id, name.clone(), Inode { stat, xattrs, content });
+            let id = self.builder.add(
+                dir_id,
+                name.clone(),
+                Inode {
+                    stat,
+                    xattrs,
+                    content,
+                },
+            );
             if ftype == S_IFREG && st.st_size as u64 > INLINE_MAX {
                 self.pending.push(PendingFile {
                     inode: id,
@@ -318,12 +352,18 @@ fn read_small(dir: &fs::File, name: &OsStr, full: &Path, size: u64) -> Result<Ve
     if size == 0 {
         return Ok(Vec::new());
     }
-    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
-        .map_err(|e| ScanError::new(full, "cannot open", e))?;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| ScanError::new(full, "cannot open", e))?;
     let mut buf = vec![0u8; size as usize + 1];
     let mut got = 0;
     loop {
-        let n = rustix::io::read(&fd, &mut buf[got..]).map_err(|e| ScanError::new(full, "cannot read", e))?;
+        let n = rustix::io::read(&fd, &mut buf[got..])
+            .map_err(|e| ScanError::new(full, "cannot read", e))?;
         if n == 0 {
             break;
         }
@@ -336,7 +376,10 @@ fn read_small(dir: &fs::File, name: &OsStr, full: &Path, size: u64) -> Result<Ve
         return Err(ScanError::new(
             full,
             "file changed while reading",
-            io::Error::new(io::ErrorKind::InvalidData, format!("expected {size} bytes, read {got}")),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected {size} bytes, read {got}"),
+            ),
         ));
     }
     buf.truncate(got);
@@ -353,7 +396,7 @@ pub trait FileSink: Sync {
 /// `redirect` (`XX/YYYY…`) and `verity` for each.
 pub fn resolve(mut scan: Scan, sink: &dyn FileSink, threads: usize) -> Result<Tree, ScanError> {
     // Largest first, so one big file does not end up last on one thread.
-    scan.pending.sort_by(|a, b| b.size.cmp(&a.size));
+    scan.pending.sort_by_key(|p| std::cmp::Reverse(p.size));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
