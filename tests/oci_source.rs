@@ -666,3 +666,62 @@ fn corpus_layouts() {
         }
     }
 }
+
+/// skopeo (containers/image) reads what `write_layout` writes: same manifest digest, and it
+/// can copy the image (verifying every blob) into an oci-archive that we read back.
+#[test]
+fn skopeo_reads_written_layout() {
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipping: skopeo not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("layout");
+    let tars = [make_tar(14), make_tar(15)];
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha(t)).collect();
+    let config = config_for(&diff_ids, "amd64");
+    for (t, c) in [("z", Compression::Zstd), ("g", Compression::Gzip)] {
+        let layers = diff_ids
+            .iter()
+            .cloned()
+            .zip(tars.iter().map(|t| Cursor::new(t.clone())))
+            .collect();
+        let md = write_layout(&dir, t, &config, layers, c).unwrap();
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", &format!("oci:{}:{t}", dir.display())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Digest"], md);
+        let archive = tmp.path().join(format!("{t}.tar"));
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--preserve-digests",
+                &format!("oci:{}:{t}", dir.display()),
+                &format!("oci-archive:{}:{t}", archive.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let src = OciSource::open_archive(&archive).unwrap();
+        let img = src.resolve(Some(&tag(t)), None).unwrap();
+        assert_eq!(img.manifest_digest, md);
+        for (l, want) in img.layers.iter().zip(&tars) {
+            assert_eq!(read_layer(&src, l).unwrap(), *want);
+        }
+    }
+}

@@ -825,7 +825,7 @@ fn choose_platform<'a>(
 
 /// Scan a tar's headers (seeking over data), recording where each regular member's data is.
 fn index_tar(file: &File) -> io::Result<HashMap<String, Member>> {
-    let mut archive = tar::Archive::new(file);
+    let mut archive = ::tar::Archive::new(file);
     let mut members = HashMap::new();
     for entry in archive.entries_with_seek()? {
         let entry = entry?;
