@@ -3,6 +3,7 @@
 
 pub mod info;
 pub mod mkcomposefs;
+pub mod oci;
 pub mod repo;
 
 use std::ffi::OsString;
@@ -62,6 +63,37 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
     },
+    /// Import an OCI image: every file over 64 bytes becomes an object, the tree an image.
+    ///
+    /// SOURCE is oci:PATH[:TAG|@DIGEST] (an OCI image layout) or
+    /// oci-archive:FILE[:TAG] (a tar of one). Layers already in the repository
+    /// are not read again; nothing is tagged unless every blob verifies.
+    Pull {
+        source: String,
+        /// Name to tag the image with (a GC root).
+        name: Option<String>,
+        /// Platform to pick from a multi-platform index: os/arch[/variant] [default: this host].
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
+    /// Show an imported image: manifest, config, layers (with media types and sizes), image id.
+    Inspect {
+        /// Image name or id.
+        name: String,
+    },
+    /// Layer operations.
+    #[command(subcommand)]
+    Layer(LayerCommand),
+    /// Write an imported image as an OCI layout with the same config and diff_ids.
+    Export {
+        /// Image name or id.
+        name: String,
+        /// Destination, oci:PATH:TAG.
+        dest: String,
+        /// Layer compression.
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "gzip", "none"])]
+        compress: String,
+    },
     /// List named images: name, image id, image size, objects and their size.
     Images,
     /// Print an image (by name or id) in composefs-dump(5) format.
@@ -97,6 +129,15 @@ enum Command {
     ComposefsInfo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LayerCommand {
+    /// Write a layer's original tar (byte for byte, sha256 = its diff_id) to stdout.
+    Cat {
+        /// sha256:HEX or HEX.
+        diff_id: String,
     },
 }
 
@@ -155,6 +196,18 @@ pub fn main() -> ExitCode {
         Command::CreateImage { dir, name, threads } => {
             repo::create_image(&g, dir, name.as_deref(), threads.map(|t| t as usize))
         }
+        Command::Pull {
+            source,
+            name,
+            platform,
+        } => oci::pull(&g, source, name.as_deref(), platform.as_deref()),
+        Command::Inspect { name } => oci::inspect(&g, name),
+        Command::Layer(LayerCommand::Cat { diff_id }) => oci::layer_cat(&g, diff_id),
+        Command::Export {
+            name,
+            dest,
+            compress,
+        } => oci::export(&g, name, dest, compress),
         Command::Images => repo::images(&g),
         Command::Dump { name } => repo::dump(&g, name),
         Command::Rm { names } => repo::rm(&g, names),

@@ -91,7 +91,12 @@ struct LayerResult {
 
 /// Imports `source` (`oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`)
 /// into `repo`, tagging it `name` if given.
-pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOptions) -> Result<PullReport, PullError> {
+pub fn pull(
+    repo: &Repository,
+    source: &str,
+    name: Option<&str>,
+    opts: &PullOptions,
+) -> Result<PullReport, PullError> {
     let t0 = Instant::now();
     if let Some(n) = name {
         crate::repo::check_name(n)?;
@@ -128,17 +133,24 @@ pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOpti
     let results = import_layers(repo, &src, &img)?;
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
-        tree.apply(&res.entries).map_err(|source| PullError::Apply {
-            layer: layer.digest.clone(),
-            source,
-        })?;
+        tree.apply(&res.entries)
+            .map_err(|source| PullError::Apply {
+                layer: layer.digest.clone(),
+                source,
+            })?;
     }
     let tree = tree.into_tree();
     let image = erofs::write_image(&tree, &erofs::WriteOptions::default())?;
 
     // Manifest and config bytes, so the image can be inspected and exported.
-    let (manifest_obj, _) = repo.objects().add_bytes(&img.manifest.raw).map_err(RepoError::from)?;
-    let (config_obj, _) = repo.objects().add_bytes(&img.config.raw).map_err(RepoError::from)?;
+    let (manifest_obj, _) = repo
+        .objects()
+        .add_bytes(&img.manifest.raw)
+        .map_err(RepoError::from)?;
+    let (config_obj, _) = repo
+        .objects()
+        .add_bytes(&img.config.raw)
+        .map_err(RepoError::from)?;
     let (image_id, _) = repo.objects().add_bytes(&image).map_err(RepoError::from)?;
     let info = OciInfo {
         source: source.to_string(),
@@ -159,9 +171,15 @@ pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOpti
     };
     let mut keeps = vec![manifest_obj.object_path(), config_obj.object_path()];
     let mut refs = vec![
-        ("blobs".to_string(), hex_of(&img.manifest_digest).to_string()),
+        (
+            "blobs".to_string(),
+            hex_of(&img.manifest_digest).to_string(),
+        ),
         ("blobs".to_string(), hex_of(&img.config_digest).to_string()),
-        ("manifests".to_string(), hex_of(&img.manifest_digest).to_string()),
+        (
+            "manifests".to_string(),
+            hex_of(&img.manifest_digest).to_string(),
+        ),
     ];
     for (l, r) in img.layers.iter().zip(&results) {
         keeps.push(r.splitstream.object_path());
@@ -175,7 +193,10 @@ pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOpti
     keeps.sort();
     keeps.dedup();
     let mut extra = serde_json::Map::new();
-    extra.insert("oci".into(), serde_json::to_value(&info).expect("serializes"));
+    extra.insert(
+        "oci".into(),
+        serde_json::to_value(&info).expect("serializes"),
+    );
     let record = Record {
         image: image_id.to_hex(),
         keeps,
@@ -215,7 +236,11 @@ pub fn pull(repo: &Repository, source: &str, name: Option<&str>, opts: &PullOpti
 
 /// Imports (or reuses) every layer, in parallel. Layers that appear twice
 /// are processed once.
-fn import_layers(repo: &Repository, src: &OciSource, img: &ResolvedImage) -> Result<Vec<LayerResult>, PullError> {
+fn import_layers(
+    repo: &Repository,
+    src: &OciSource,
+    img: &ResolvedImage,
+) -> Result<Vec<LayerResult>, PullError> {
     let mut unique: Vec<usize> = Vec::new();
     for (i, l) in img.layers.iter().enumerate() {
         if !img.layers[..i].iter().any(|o| o.diff_id == l.diff_id) {
@@ -241,14 +266,19 @@ fn import_layers(repo: &Repository, src: &OciSource, img: &ResolvedImage) -> Res
     Ok(out)
 }
 
-fn import_one(repo: &Repository, src: &OciSource, layer: &super::LayerDesc) -> Result<LayerResult, PullError> {
+fn import_one(
+    repo: &Repository,
+    src: &OciSource,
+    layer: &super::LayerDesc,
+) -> Result<LayerResult, PullError> {
     let diff = hex_of(&layer.diff_id);
     if let Some(ss) = repo.get_ref("layers", diff) {
         let bytes = repo.read_object(&ss)?;
-        let entries = splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
-            layer: layer.diff_id.clone(),
-            source,
-        })?;
+        let entries =
+            splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
+                layer: layer.diff_id.clone(),
+                source,
+            })?;
         return Ok(LayerResult {
             splitstream: ss,
             entries,
@@ -259,7 +289,9 @@ fn import_one(repo: &Repository, src: &OciSource, layer: &super::LayerDesc) -> R
     let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| match e {
         // Verification failures (digest, size, diff_id) travel through the
         // tar reader as I/O errors carrying the source's own error.
-        LayerError::Io { source, .. } if source.get_ref().is_some_and(|i| i.is::<SourceError>()) => {
+        LayerError::Io { source, .. }
+            if source.get_ref().is_some_and(|i| i.is::<SourceError>()) =>
+        {
             PullError::Source(SourceError::from_io(source))
         }
         e => PullError::Layer {
@@ -269,8 +301,13 @@ fn import_one(repo: &Repository, src: &OciSource, layer: &super::LayerDesc) -> R
     })?;
     // Drain anything left (verification completes at EOF).
     let mut rest = Vec::new();
-    reader.read_to_end(&mut rest).map_err(SourceError::from_io)?;
-    let (ss, _) = repo.objects().add_bytes(&imported.splitstream).map_err(RepoError::from)?;
+    reader
+        .read_to_end(&mut rest)
+        .map_err(SourceError::from_io)?;
+    let (ss, _) = repo
+        .objects()
+        .add_bytes(&imported.splitstream)
+        .map_err(RepoError::from)?;
     Ok(LayerResult {
         splitstream: ss,
         entries: imported.entries,

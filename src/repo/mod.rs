@@ -326,7 +326,11 @@ impl Repository {
     pub fn commit_image_link(&self, id: &Digest, name: Option<&str>) -> Result<(), RepoError> {
         let hex = id.to_hex();
         let target = format!("../objects/{}", id.object_path());
-        symlink_atomic(&target, &self.root.join("images").join(&hex), &self.root.join("tmp"))?;
+        symlink_atomic(
+            &target,
+            &self.root.join("images").join(&hex),
+            &self.root.join("tmp"),
+        )?;
         if let Some(n) = name {
             self.tag_image(id, n)?;
         }
