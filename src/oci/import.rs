@@ -27,11 +27,17 @@ pub enum PullError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("layer {layer}: {source}")]
-    Layer { layer: String, source: LayerError },
+    Layer {
+        layer: String,
+        source: Box<LayerError>,
+    },
     #[error("layer {layer}: {source}")]
     Apply { layer: String, source: ApplyError },
     #[error("layer {layer}: stored splitstream unreadable: {source}")]
-    Splitstream { layer: String, source: LayerError },
+    Splitstream {
+        layer: String,
+        source: Box<LayerError>,
+    },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("cannot write image: {0}")]
@@ -277,7 +283,7 @@ fn import_one(
         let entries =
             splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
                 layer: layer.diff_id.clone(),
-                source,
+                source: Box::new(source),
             })?;
         return Ok(LayerResult {
             splitstream: ss,
@@ -296,7 +302,7 @@ fn import_one(
         }
         e => PullError::Layer {
             layer: layer.digest.clone(),
-            source: e,
+            source: Box::new(e),
         },
     })?;
     // Drain anything left (verification completes at EOF).
