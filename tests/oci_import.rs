@@ -467,9 +467,14 @@ fn parse_dump(text: &[u8], objects: &Path) -> Snapshot {
     let mut link_of: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        assert!(f.len() >= 11, "dump line: {}", String::from_utf8_lossy(line));
+        assert!(
+            f.len() >= 11,
+            "dump line: {}",
+            String::from_utf8_lossy(line)
+        );
         let path = rel(&unescape(f[0]));
-        let num = |s: &[u8], base| u64::from_str_radix(std::str::from_utf8(s).unwrap(), base).unwrap();
+        let num =
+            |s: &[u8], base| u64::from_str_radix(std::str::from_utf8(s).unwrap(), base).unwrap();
         let opt = |s: &[u8]| (s != b"-").then(|| unescape(s));
         if let Some(_mode) = f[2].strip_prefix(b"@") {
             link_of.insert(path, rel(&opt(f[8]).expect("hard link target")));
@@ -495,7 +500,12 @@ fn parse_dump(text: &[u8], objects: &Path) -> Snapshot {
                     (None, None) => Vec::new(),
                     other => panic!("file fields: {other:?}"),
                 };
-                assert_eq!(bytes.len() as u64, size, "{}", String::from_utf8_lossy(&path));
+                assert_eq!(
+                    bytes.len() as u64,
+                    size,
+                    "{}",
+                    String::from_utf8_lossy(&path)
+                );
                 Body::File(sha(&bytes))
             }
             0o120000 => Body::Symlink(opt(f[8]).expect("symlink target")),
@@ -706,7 +716,10 @@ fn main_layers() -> Vec<Vec<u8>> {
         file("opq/new", &body("new in opq ", 100)),
         dir("usr/bin"),
         hardlink("usr/bin/passwd-across", "etc/passwd"),
-        file("etc/small", b"replaced, and now longer than sixty-four bytes: an object\n"),
+        file(
+            "etc/small",
+            b"replaced, and now longer than sixty-four bytes: an object\n",
+        ),
         dir("etc").mode(0o700).owner(5, 6).mtime(1_660_000_000),
     ]);
     // zstd, several frames: a layer that only deletes.
@@ -719,7 +732,10 @@ fn main_layers() -> Vec<Vec<u8>> {
     // new link, a file recreated where a whiteout was.
     let l4 = tar_of(&[
         file("del/me", &body("recreated ", 80)).owner(1000, 1000),
-        file("data/big", &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()),
+        file(
+            "data/big",
+            &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        ),
         hardlink("data/big2", "data/big"),
         hardlink("data/passwd3", "usr/bin/passwd-across"),
     ]);
@@ -781,7 +797,10 @@ fn layered_image_matches_gnu_tar_extraction() {
     let w = |p: &str| want.files.get(p.as_bytes());
     assert!(w("del/other").is_some() && w("usr/share/doc/readme").is_none());
     assert!(w("opq/old1").is_none() && w("opq/new").is_some() && w("gone").is_none());
-    assert_eq!(w("bin/tool").unwrap().xattrs[&b"security.capability"[..]], CAP);
+    assert_eq!(
+        w("bin/tool").unwrap().xattrs[&b"security.capability"[..]],
+        CAP
+    );
     assert_eq!(w("bin/big-ids").unwrap().uid, 3_000_000);
     assert_same_tree(&got, &want, "dump vs GNU tar");
 
@@ -792,15 +811,24 @@ fn layered_image_matches_gnu_tar_extraction() {
     assert_eq!((g("etc").mode, g("etc").uid, g("etc").gid), (0o40700, 5, 6));
     assert_eq!(g("bin/big-ids").gid, 3_000_001);
     assert_eq!(g("dev/sda").rdev, rustix::fs::makedev(8, 0));
-    assert_eq!(g("bin/tool").xattrs[&b"user.bin"[..]], [0, 1, 2, b'=', b'\n', 255]);
+    assert_eq!(
+        g("bin/tool").xattrs[&b"user.bin"[..]],
+        [0, 1, 2, b'=', b'\n', 255]
+    );
     assert_eq!(
         got.links[&b"etc/passwd"[..]],
-        [&b"data/passwd3"[..], b"etc/passwd", b"etc/passwd-hl", b"usr/bin/passwd-across"]
+        [
+            &b"data/passwd3"[..],
+            b"etc/passwd",
+            b"etc/passwd-hl",
+            b"usr/bin/passwd-across"
+        ]
     );
     assert!(got.files.contains_key(deep_path().as_bytes()));
 
     // Every layer's tar comes back byte for byte.
-    let info: Value = serde_json::from_slice(&ok(&strata(&repo, &["--json", "inspect", "full"]))).unwrap();
+    let info: Value =
+        serde_json::from_slice(&ok(&strata(&repo, &["--json", "inspect", "full"]))).unwrap();
     let layers = info["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 4);
     for (l, t) in layers.iter().zip(&tars) {
@@ -818,13 +846,24 @@ fn layered_image_matches_gnu_tar_extraction() {
     assert_eq!(again["already_present"], true, "{again}");
     assert_eq!(again["image_id"], id.as_str());
     assert_eq!(again["layers_imported"], 0);
-    assert_eq!(before, snapshot_repo(&repo), "a second pull changed the repository");
+    assert_eq!(
+        before,
+        snapshot_repo(&repo),
+        "a second pull changed the repository"
+    );
 
     // An image sharing the base layer imports only its new layer.
     let extra = tar_of(&[file("etc/extra", &body("extra ", 500))]);
-    lay.image("child", &[blobs[0].clone(), Layout::layer(Comp::Gzip, &extra)]);
+    lay.image(
+        "child",
+        &[blobs[0].clone(), Layout::layer(Comp::Gzip, &extra)],
+    );
     let c = pull_json(&repo, &lay.source("child"), "child");
-    assert_eq!((c["layers_imported"].as_u64(), c["layers_reused"].as_u64()), (Some(1), Some(1)), "{c}");
+    assert_eq!(
+        (c["layers_imported"].as_u64(), c["layers_reused"].as_u64()),
+        (Some(1), Some(1)),
+        "{c}"
+    );
     let child_dump = String::from_utf8(ok(&strata(&repo, &["dump", "child"]))).unwrap();
     assert!(child_dump.contains("/etc/extra ") && child_dump.contains("/usr/share/doc/readme "));
 
@@ -832,15 +871,27 @@ fn layered_image_matches_gnu_tar_extraction() {
     for compress in ["zstd", "gzip", "none"] {
         let exp = tmp.path().join(format!("export-{compress}"));
         let dest = format!("oci:{}:x", exp.display());
-        ok(&strata(&repo, &["export", "full", &dest, "--compress", compress]));
-        let idx: Value = serde_json::from_slice(&fs::read(exp.join("index.json")).unwrap()).unwrap();
+        ok(&strata(
+            &repo,
+            &["export", "full", &dest, "--compress", compress],
+        ));
+        let idx: Value =
+            serde_json::from_slice(&fs::read(exp.join("index.json")).unwrap()).unwrap();
         let md = idx["manifests"][0]["digest"].as_str().unwrap();
         let m: Value =
-            serde_json::from_slice(&fs::read(exp.join("blobs/sha256").join(&md[7..])).unwrap()).unwrap();
-        assert_eq!(m["config"]["digest"], config_digest, "export config ({compress})");
+            serde_json::from_slice(&fs::read(exp.join("blobs/sha256").join(&md[7..])).unwrap())
+                .unwrap();
+        assert_eq!(
+            m["config"]["digest"], config_digest,
+            "export config ({compress})"
+        );
         let repo2 = tmp.path().join(format!("repo-{compress}"));
         let r2 = pull_json(&repo2, &dest, "re");
-        assert_eq!(r2["image_id"], id.as_str(), "export ({compress}) → pull changed the image");
+        assert_eq!(
+            r2["image_id"],
+            id.as_str(),
+            "export ({compress}) → pull changed the image"
+        );
         fsck_clean(&repo2);
     }
     fsck_clean(&repo);
@@ -896,7 +947,13 @@ fn expect_rejected(tmp: &Path, source: &str, extra: &[&str], needles: &[&str]) {
     let before: Vec<PathBuf> = list_outside(tmp, &repo);
     let cwd = tmp.join("a/b");
     fs::create_dir_all(&cwd).unwrap();
-    let mut args = vec!["--repo".as_ref(), repo.as_os_str(), "pull".as_ref(), source.as_ref(), "bad".as_ref()];
+    let mut args = vec![
+        "--repo".as_ref(),
+        repo.as_os_str(),
+        "pull".as_ref(),
+        source.as_ref(),
+        "bad".as_ref(),
+    ];
     args.extend(extra.iter().map(|s| OsStr::new(*s)));
     let o = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(&args)
@@ -945,7 +1002,10 @@ fn seeded(tmp: &Path) -> Layout {
     let mut lay = Layout::new(&tmp.join("layout"));
     let good = tar_of(&[dir("etc"), file("etc/good", &body("good ", 1000))]);
     lay.image("good", &[Layout::layer(Comp::Gzip, &good)]);
-    ok(&strata(&tmp.join("repo"), &["pull", &lay.source("good"), "good"]));
+    ok(&strata(
+        &tmp.join("repo"),
+        &["pull", &lay.source("good"), "good"],
+    ));
     lay
 }
 
@@ -963,7 +1023,10 @@ fn rejects_entry_climbing_above_root() {
         &[dir("a"), file("../../etc/x", b"pwned")],
         &["../../etc/x", "climbs above the image root"],
     );
-    hostile(&[file("a/../../x", b"pwned")], &["a/../../x", "climbs above"]);
+    hostile(
+        &[file("a/../../x", b"pwned")],
+        &["a/../../x", "climbs above"],
+    );
 }
 
 #[test]
@@ -1006,8 +1069,15 @@ fn absolute_and_dotdot_paths_are_normalised() {
     ok(&strata(&repo, &["pull", &lay.source("n"), "n"]));
     let dump = String::from_utf8(ok(&strata(&repo, &["dump", "n"]))).unwrap();
     let paths: Vec<&str> = dump.lines().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(paths, ["/", "/b", "/c", "/c/d", "/c/d/e", "/etc", "/etc/passwd"], "{dump}");
-    assert!(dump.contains("/b 10 100644 1 0 0 0 1600000000.0 - normalised -"), "{dump}");
+    assert_eq!(
+        paths,
+        ["/", "/b", "/c", "/c/d", "/c/d/e", "/etc", "/etc/passwd"],
+        "{dump}"
+    );
+    assert!(
+        dump.contains("/b 10 100644 1 0 0 0 1600000000.0 - normalised -"),
+        "{dump}"
+    );
     assert!(!tmp.path().join("b").exists() && !tmp.path().join("etc").exists());
     fsck_clean(&repo);
 }
@@ -1040,9 +1110,21 @@ fn rejects_truncated_blob() {
 fn rejects_flipped_byte() {
     // A byte of the deflate stream's stored data (it may or may not still
     // inflate; either way the digest check must refuse it).
-    blob_case(|b| { let i = b.len() / 2; b[i] ^= 0x40 }, &["digest mismatch"]);
+    blob_case(
+        |b| {
+            let i = b.len() / 2;
+            b[i] ^= 0x40
+        },
+        &["digest mismatch"],
+    );
     // The last byte (gzip ISIZE): inflates fine, only the digest catches it.
-    blob_case(|b| { let i = b.len() - 1; b[i] ^= 1 }, &["digest mismatch"]);
+    blob_case(
+        |b| {
+            let i = b.len() - 1;
+            b[i] ^= 1
+        },
+        &["digest mismatch"],
+    );
 }
 
 #[test]
@@ -1066,7 +1148,16 @@ fn rejects_missing_platform() {
     );
     // The same index with the right platform pulls.
     let repo = tmp.path().join("repo");
-    ok(&strata(&repo, &["pull", &lay.source("multi"), "m", "--platform", "linux/amd64"]));
+    ok(&strata(
+        &repo,
+        &[
+            "pull",
+            &lay.source("multi"),
+            "m",
+            "--platform",
+            "linux/amd64",
+        ],
+    ));
 }
 
 /// A tar holding one file of `n` zero bytes, written straight into
@@ -1097,7 +1188,10 @@ fn bomb_tar<W: Write>(name: &str, n: u64, compressor: W) -> (W, String) {
     b.append_data(&mut h, name, std::io::Read::take(std::io::repeat(0), n))
         .unwrap();
     let tee = b.into_inner().unwrap();
-    (tee.inner, format!("sha256:{}", hex::encode(tee.hash.finalize())))
+    (
+        tee.inner,
+        format!("sha256:{}", hex::encode(tee.hash.finalize())),
+    )
 }
 
 #[test]
@@ -1117,7 +1211,11 @@ fn decompression_bomb_has_bounded_memory() {
     let gz = gz.finish().unwrap();
     let (zs, zs_id) = bomb_tar("zeros-zst", N, zstd::Encoder::new(Vec::new(), 19).unwrap());
     let zs = zs.finish().unwrap();
-    assert!(N / gz.len() as u64 >= 1000, "gzip ratio {}", N / gz.len() as u64);
+    assert!(
+        N / gz.len() as u64 >= 1000,
+        "gzip ratio {}",
+        N / gz.len() as u64
+    );
     assert!(N / zs.len() as u64 >= 1000);
     lay.image("bomb", &[(gz, MT_GZ, gz_id), (zs, MT_ZST, zs_id)]);
     let o = Command::new("/usr/bin/time")
@@ -1142,7 +1240,10 @@ fn decompression_bomb_has_bounded_memory() {
     if o.status.success() {
         let dump = String::from_utf8(ok(&strata(&repo, &["dump", "bomb"]))).unwrap();
         assert!(dump.contains(&format!("/zeros-gz {N} 100644 1 ")), "{dump}");
-        assert!(dump.contains(&format!("/zeros-zst {N} 100644 1 ")), "{dump}");
+        assert!(
+            dump.contains(&format!("/zeros-zst {N} 100644 1 ")),
+            "{dump}"
+        );
     } else {
         assert_eq!(o.status.code(), Some(1));
         assert!(!image_names(&repo).contains("bomb"));
@@ -1158,7 +1259,10 @@ fn oci_archive_equals_layout() {
     let layout = tmp.path().join("layout");
     let tars = [
         tar_of(&[dir("etc"), file("etc/a", &body("archive a ", 3000))]),
-        tar_of(&[file("etc/.wh.a", b""), file("etc/b", &body("archive b ", 300))]),
+        tar_of(&[
+            file("etc/.wh.a", b""),
+            file("etc/b", &body("archive b ", 300)),
+        ]),
     ];
     let diff_ids: Vec<String> = tars.iter().map(|t| sha(t)).collect();
     let config = serde_json::to_vec(&json!({
@@ -1171,7 +1275,14 @@ fn oci_archive_equals_layout() {
         .cloned()
         .zip(tars.iter().map(|t| std::io::Cursor::new(t.clone())))
         .collect();
-    strata::oci::write_layout(&layout, "v1", &config, layers, strata::oci::Compression::Gzip).unwrap();
+    strata::oci::write_layout(
+        &layout,
+        "v1",
+        &config,
+        layers,
+        strata::oci::Compression::Gzip,
+    )
+    .unwrap();
     let archive = tmp.path().join("image.tar");
     let st = Command::new("tar")
         .arg("-cf")
@@ -1183,7 +1294,11 @@ fn oci_archive_equals_layout() {
         .unwrap();
     assert!(st.success());
 
-    let r1 = pull_json(&tmp.path().join("r1"), &format!("oci:{}:v1", layout.display()), "a");
+    let r1 = pull_json(
+        &tmp.path().join("r1"),
+        &format!("oci:{}:v1", layout.display()),
+        "a",
+    );
     let r2 = pull_json(
         &tmp.path().join("r2"),
         &format!("oci-archive:{}:v1", archive.display()),
@@ -1212,7 +1327,8 @@ fn corpus_py_slim_zstd_chunked() {
     let repo = tmp.path().join("repo");
     let r = pull_json(&repo, &format!("oci:{}:py-slim", layout.display()), "slim");
     eprintln!("corpus pull: {r}");
-    let info: Value = serde_json::from_slice(&ok(&strata(&repo, &["--json", "inspect", "slim"]))).unwrap();
+    let info: Value =
+        serde_json::from_slice(&ok(&strata(&repo, &["--json", "inspect", "slim"]))).unwrap();
     let dump = ok(&strata(&repo, &["dump", "slim"]));
     let paths: std::collections::BTreeSet<Vec<u8>> = dump
         .split(|&b| b == b'\n')
@@ -1268,7 +1384,10 @@ fn corpus_py_slim_zstd_chunked() {
         }
         lower.extend(added);
     }
-    assert!(deleted_existing > 0, "the slim layer deleted nothing that existed");
+    assert!(
+        deleted_existing > 0,
+        "the slim layer deleted nothing that existed"
+    );
     eprintln!("corpus: {deleted_existing} whiteouts of existing files checked");
     fsck_clean(&repo);
 }

@@ -10,8 +10,9 @@
 use std::io::Read;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use super::source::{OciSource, PlatformSpec, ResolvedImage, SourceError};
 use super::{splitstream, ImageRef, LayerEntry, LayerError};
@@ -253,10 +254,39 @@ fn import_layers(
             unique.push(i);
         }
     }
-    let done: Vec<(usize, LayerResult)> = unique
-        .par_iter()
-        .map(|&i| import_one(repo, src, &img.layers[i]).map(|r| (i, r)))
-        .collect::<Result<_, _>>()?;
+    // Plain threads, not rayon's pool: a layer import blocks on its object
+    // workers' queue, and those workers hash on the rayon pool; with every
+    // pool thread importing a layer, nothing would be left to hash
+    // (deadlock as soon as there are as many layers as CPUs).
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<LayerResult, PullError>>>> =
+        unique.iter().map(|_| Mutex::new(None)).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(unique.len());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= unique.len() || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let r = import_one(repo, src, &img.layers[unique[k]]);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    let mut done: Vec<(usize, LayerResult)> = Vec::with_capacity(unique.len());
+    for (k, slot) in slots.into_iter().enumerate() {
+        match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(r) => done.push((unique[k], r?)),
+            None => {} // not started: an earlier failure is reported
+        }
+    }
     let mut out = Vec::with_capacity(img.layers.len());
     for l in &img.layers {
         let (_, r) = done
@@ -292,18 +322,12 @@ fn import_one(
         });
     }
     let mut reader = src.open_layer(layer)?;
-    let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| match e {
-        // Verification failures (digest, size, diff_id) travel through the
-        // tar reader as I/O errors carrying the source's own error.
-        LayerError::Io { source, .. }
-            if source.get_ref().is_some_and(|i| i.is::<SourceError>()) =>
-        {
-            PullError::Source(SourceError::from_io(source))
+    let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| {
+        // A corrupt blob usually shows first as a tar or decompression error.
+        match blob_error(src, layer) {
+            Some(blob) => PullError::Source(blob),
+            None => layer_error(layer, e),
         }
-        e => PullError::Layer {
-            layer: layer.digest.clone(),
-            source: Box::new(e),
-        },
     })?;
     // Drain anything left (verification completes at EOF).
     let mut rest = Vec::new();
@@ -319,4 +343,33 @@ fn import_one(
         entries: imported.entries,
         imported: true,
     })
+}
+
+/// After a layer failed to decode: a corrupt blob (wrong digest or size)
+/// usually shows first as a tar or decompression error; read the blob by
+/// itself so that the error names the real cause.
+fn blob_error(src: &OciSource, layer: &super::LayerDesc) -> Option<SourceError> {
+    src.open_blob(&layer.digest, layer.size)
+        .and_then(|mut b| {
+            std::io::copy(&mut b, &mut std::io::sink())
+                .map(drop)
+                .map_err(SourceError::from_io)
+        })
+        .err()
+}
+
+fn layer_error(layer: &super::LayerDesc, e: LayerError) -> PullError {
+    match e {
+        // Verification failures (digest, size, diff_id) travel through the
+        // tar reader as I/O errors carrying the source's own error.
+        LayerError::Io { source, .. }
+            if source.get_ref().is_some_and(|i| i.is::<SourceError>()) =>
+        {
+            PullError::Source(SourceError::from_io(source))
+        }
+        e => PullError::Layer {
+            layer: layer.digest.clone(),
+            source: Box::new(e),
+        },
+    }
 }
