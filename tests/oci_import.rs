@@ -561,9 +561,22 @@ fn show(p: &[u8]) -> String {
 ///   (checked separately for one directory);
 /// - the root's mtime: it is the extraction directory's.
 fn assert_same_tree(got: &Snapshot, want: &Snapshot, what: &str) {
+    if let Some(d) = tree_diff(got, want) {
+        panic!("{what}: {d}");
+    }
+}
+
+/// The first difference between two snapshots (see [`assert_same_tree`]).
+fn tree_diff(got: &Snapshot, want: &Snapshot) -> Option<String> {
     let gk: Vec<String> = got.files.keys().map(|k| show(k)).collect();
     let wk: Vec<String> = want.files.keys().map(|k| show(k)).collect();
-    assert_eq!(gk, wk, "{what}: paths differ");
+    if gk != wk {
+        let extra: Vec<_> = gk.iter().filter(|k| !wk.contains(k)).collect();
+        let missing: Vec<_> = wk.iter().filter(|k| !gk.contains(k)).collect();
+        return Some(format!(
+            "paths differ: unexpected {extra:?}, missing {missing:?}"
+        ));
+    }
     for (p, w) in &want.files {
         let mut g = got.files[p].clone();
         let mut w = w.clone();
@@ -571,9 +584,69 @@ fn assert_same_tree(got: &Snapshot, want: &Snapshot, what: &str) {
             g.mtime = (0, 0);
             w.mtime = (0, 0);
         }
-        assert_eq!(g, w, "{what}: /{} differs", show(p));
+        if g != w {
+            return Some(format!("/{} differs:\n got {g:?}\nwant {w:?}", show(p)));
+        }
     }
-    assert_eq!(got.links, want.links, "{what}: hard-link groups differ");
+    if got.links != want.links {
+        return Some(format!(
+            "hard-link groups differ:\n got {:?}\nwant {:?}",
+            got.links, want.links
+        ));
+    }
+    None
+}
+
+/// The comparison must fail for the mistakes an importer could make.
+fn comparison_catches_mistakes(got: &Snapshot, want: &Snapshot) {
+    let fails = |f: &dyn Fn(&mut Snapshot)| {
+        let mut g = Snapshot {
+            files: got.files.clone(),
+            links: got.links.clone(),
+        };
+        f(&mut g);
+        tree_diff(&g, want).is_some()
+    };
+    let k = |p: &str| p.as_bytes().to_vec();
+    // A whiteout not applied: the deleted file is still there.
+    let mut readme = got.files[&k("usr/share/doc/keep")].clone();
+    readme.body = Body::File(sha(b"doc"));
+    assert!(fails(&|g| {
+        g.files.insert(k("usr/share/doc/readme"), readme.clone());
+    }));
+    // An opaque directory not applied.
+    assert!(fails(&|g| {
+        g.files.insert(k("opq/old1"), readme.clone());
+    }));
+    // A wrong owner, a lost xattr, a wrong nanosecond, wrong bytes.
+    assert!(fails(&|g| g
+        .files
+        .get_mut(&k("bin/big-ids"))
+        .unwrap()
+        .uid = 0));
+    assert!(fails(&|g| {
+        g.files
+            .get_mut(&k("bin/tool"))
+            .unwrap()
+            .xattrs
+            .remove(&b"security.capability"[..]);
+    }));
+    assert!(fails(&|g| g
+        .files
+        .get_mut(&k("bin/nanos"))
+        .unwrap()
+        .mtime
+        .1 = 0));
+    assert!(fails(&|g| {
+        g.files.get_mut(&k("data/big")).unwrap().body = Body::File(sha(b"other"));
+    }));
+    // A hard link broken into a copy.
+    assert!(fails(&|g| {
+        let members = g.links.remove(&k("data/big2")).unwrap();
+        for m in members.iter().filter(|m| **m != k("data/big2")) {
+            g.links.insert(m.clone(), vec![k("data/big")]);
+        }
+    }));
 }
 
 /// The OCI layer rules applied by hand around GNU tar: before extracting a
@@ -803,6 +876,7 @@ fn layered_image_matches_gnu_tar_extraction() {
     );
     assert_eq!(w("bin/big-ids").unwrap().uid, 3_000_000);
     assert_same_tree(&got, &want, "dump vs GNU tar");
+    comparison_catches_mistakes(&got, &want);
 
     // A few facts spelled out (would be caught above, but say what matters).
     let g = |p: &str| &got.files[p.as_bytes()];
@@ -935,6 +1009,7 @@ fn mount_check(repo: &Path, id: &str, want: &Snapshot, tmp: &Path) {
     assert_eq!(caps[&b"security.capability"[..]], CAP);
     assert_eq!(caps[&b"user.note"[..]], b"hello world");
     assert_same_tree(&mounted, want, "mount vs GNU tar");
+    eprintln!("mount check: {} paths compared", mounted.files.len());
 }
 
 // ------------------------------------------------------------ hostile input
@@ -961,6 +1036,7 @@ fn expect_rejected(tmp: &Path, source: &str, extra: &[&str], needles: &[&str]) {
         .output()
         .unwrap();
     let e = err(&o);
+    eprintln!("rejected as expected: {}", e.trim_end());
     for n in needles {
         assert!(e.contains(n), "error {e:?} does not mention {n:?}");
     }
@@ -1389,5 +1465,62 @@ fn corpus_py_slim_zstd_chunked() {
         "the slim layer deleted nothing that existed"
     );
     eprintln!("corpus: {deleted_existing} whiteouts of existing files checked");
+    fsck_clean(&repo);
+}
+
+// ------------------------------------------------------------ concurrency
+
+/// As many layers as CPUs, each with more 2–8 MiB files than the object
+/// workers' queue holds: layer imports once ran on rayon's pool and
+/// blocked there on that queue while the workers waited for the pool to
+/// hash (a deadlock on every machine; found on the corpus' py-slim).
+#[test]
+fn many_layers_of_large_files_do_not_deadlock() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let n_layers = cpus.clamp(2, 8);
+    let per_layer = 3 * cpus.clamp(1, 4) + 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let mut lay = Layout::new(&tmp.path().join("layout"));
+    let layers: Vec<Blob> = (0..n_layers)
+        .map(|l| {
+            let files: Vec<E> = (0..per_layer)
+                .map(|f| {
+                    let mut data = vec![0u8; (5 << 19) + f];
+                    let tag = format!("layer {l:3} file {f:3}");
+                    data[..tag.len()].copy_from_slice(tag.as_bytes());
+                    file(&format!("l{l}/f{f}"), &data)
+                })
+                .collect();
+            Layout::layer(Comp::Zstd, &tar_of(&files))
+        })
+        .collect();
+    lay.image("many", &layers);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--repo")
+        .arg(&repo)
+        .args(["-q", "pull", &lay.source("many"), "many"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("pull of {n_layers} layers × {per_layer} files hung (deadlock)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "pull failed");
+    let dump = String::from_utf8(ok(&strata(&repo, &["dump", "many"]))).unwrap();
+    assert_eq!(
+        dump.lines().filter(|l| l.contains("/f")).count(),
+        n_layers * per_layer
+    );
     fsck_clean(&repo);
 }
