@@ -282,9 +282,9 @@ fn import_layers(
     });
     let mut done: Vec<(usize, LayerResult)> = Vec::with_capacity(unique.len());
     for (k, slot) in slots.into_iter().enumerate() {
-        match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(r) => done.push((unique[k], r?)),
-            None => {} // not started: an earlier failure is reported
+        // A layer not started (None) follows a failure, reported here.
+        if let Some(r) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            done.push((unique[k], r?));
         }
     }
     let mut out = Vec::with_capacity(img.layers.len());
