@@ -775,6 +775,7 @@ fn main_layers() -> Vec<Vec<u8>> {
             e
         },
         entry(b"dev/fifo", tar::EntryType::Fifo, 0o600),
+        entry(b"dev/fifo-stays", tar::EntryType::Fifo, 0o640).owner(7, 8),
         dir("long"),
         file(&format!("long/{}", long_name()), &body("long name ", 100)),
         file(&deep_path(), &body("deep ", 100)),
@@ -1441,6 +1442,14 @@ fn corpus_py_slim_zstd_chunked() {
                 if lower.contains(&target) {
                     deleted_existing += 1;
                 }
+                if target == b"usr/share/doc" {
+                    let docs = lower
+                        .iter()
+                        .filter(|p| p.starts_with(b"usr/share/doc/"))
+                        .count();
+                    assert!(docs > 0, "usr/share/doc whited out but held nothing");
+                    eprintln!("corpus: layer {i} deletes usr/share/doc ({docs} lower entries)");
+                }
                 if i == layers.len() - 1 {
                     assert!(
                         !paths.contains(&target),
@@ -1463,6 +1472,10 @@ fn corpus_py_slim_zstd_chunked() {
     assert!(
         deleted_existing > 0,
         "the slim layer deleted nothing that existed"
+    );
+    assert!(
+        !paths.iter().any(|p| p.starts_with(b"usr/share/doc/")),
+        "files under usr/share/doc/ survived"
     );
     eprintln!("corpus: {deleted_existing} whiteouts of existing files checked");
     fsck_clean(&repo);
