@@ -146,18 +146,23 @@ impl<'a> Bytes2<'a> {
     }
 
     fn cmp(&self, o: &Bytes2) -> Ordering {
-        if self.0 == o.0 {
-            return self.1.cmp(o.1);
+        // Most strings are in one part: compare those without touching the
+        // (empty) prefixes.
+        match (self.0.is_empty(), o.0.is_empty()) {
+            (true, true) => self.1.cmp(o.1),
+            _ if self.0 == o.0 => self.1.cmp(o.1),
+            _ => self.0.iter().chain(self.1).cmp(o.0.iter().chain(o.1)),
         }
-        self.0.iter().chain(self.1).cmp(o.0.iter().chain(o.1))
     }
 
     fn eq(&self, o: &Bytes2) -> bool {
-        self.len() == o.len() && self.cmp(o) == Ordering::Equal
-    }
-
-    fn eq_bytes(&self, b: &[u8]) -> bool {
-        self.len() == b.len() && b.starts_with(self.0) && b[self.0.len()..] == *self.1
+        if self.len() != o.len() {
+            return false;
+        }
+        if self.0.len() == o.0.len() {
+            return bytes_eq(self.0, o.0) && bytes_eq(self.1, o.1);
+        }
+        self.cmp(o) == Ordering::Equal
     }
 
     /// The contiguous bytes, copied into `buf` when in two parts (xattr names
@@ -177,6 +182,12 @@ impl<'a> Bytes2<'a> {
 }
 
 const NAME_BUF: usize = 512;
+
+/// Slice equality that short-cuts the common case of two references to the
+/// same (static or tree) bytes.
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a == b)
+}
 
 /// A streaming multiplicative hash over a sequence of byte slices: the
 /// result only depends on the concatenated bytes, not on how they are split.
@@ -231,7 +242,9 @@ impl StreamHash {
     fn finish(mut self) -> u64 {
         let tail = self.word ^ ((self.n as u64) << 60);
         self.mix(tail);
-        self.h
+        // Fold the well-mixed high bits into the low ones that pick slots.
+        let h = self.h ^ (self.h >> 29);
+        h.wrapping_mul(Self::K) ^ (h >> 32)
     }
 }
 
@@ -811,15 +824,19 @@ impl<'a> ImagePlan<'a> {
             rec.x_start = xids.len() as u32;
             rec.x_len = list.items.len() as u16;
             for &x in &list.items {
-                let name = xview(inode, x).0;
-                if name.eq_bytes(b"system.posix_acl_access")
-                    || name.eq_bytes(b"system.posix_acl_default")
-                {
-                    has_acl = true;
-                }
                 let id = interner.intern(tree, &mut uniq, idx as u32, x);
-                if idx == 0 && name.eq_bytes(b"security.selinux") {
-                    root_selinux = Some(id);
+                // Only the tree's own xattrs can be ACLs or SELinux labels.
+                if let XRef::Tree(k) = x {
+                    let name = &inode.xattrs[k as usize].name[..];
+                    if name.starts_with(b"system.posix_acl_")
+                        && (name == b"system.posix_acl_access"
+                            || name == b"system.posix_acl_default")
+                    {
+                        has_acl = true;
+                    }
+                    if idx == 0 && name == b"security.selinux" {
+                        root_selinux = Some(id);
+                    }
                 }
                 xids.push(id);
             }
