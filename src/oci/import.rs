@@ -10,7 +10,6 @@
 use std::io::Read;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::source::{OciSource, PlatformSpec, ResolvedImage, SourceError};
@@ -253,10 +252,41 @@ fn import_layers(
             unique.push(i);
         }
     }
-    let done: Vec<(usize, LayerResult)> = unique
-        .par_iter()
-        .map(|&i| import_one(repo, src, &img.layers[i]).map(|r| (i, r)))
-        .collect::<Result<_, _>>()?;
+    // Plain threads, not rayon: layer import blocks on its own worker
+    // queues, and the workers use the rayon pool for hashing; blocking rayon
+    // threads on them would deadlock. A few layers at a time bound memory.
+    let lanes = unique.len().min(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 4),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, Result<LayerResult, PullError>)>> =
+        Default::default();
+    std::thread::scope(|s| {
+        for _ in 0..lanes {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = unique.get(k) else { break };
+                let r = import_one(repo, src, &img.layers[i]);
+                let failed = r.is_err();
+                results
+                    .lock()
+                    .expect("no panics while holding")
+                    .push((i, r));
+                if failed {
+                    // Stop handing out more layers; running ones finish.
+                    next.store(unique.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let mut done: Vec<(usize, LayerResult)> = Vec::new();
+    let mut results = results.into_inner().expect("no panics while holding");
+    results.sort_by_key(|(i, _)| *i);
+    for (i, r) in results {
+        done.push((i, r?));
+    }
     let mut out = Vec::with_capacity(img.layers.len());
     for l in &img.layers {
         let (_, r) = done
