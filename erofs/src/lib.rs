@@ -15,4 +15,4 @@ pub use reader::{read_image, ReadError, ReadImage};
 pub use tree::{
     Content, Entry, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
 };
-pub use writer::{write_image, WriteError, WriteOptions};
+pub use writer::{write_image, write_image_to, ImagePlan, WriteError, WriteOptions};

@@ -626,3 +626,70 @@ fn entry_and_xattr_order_do_not_matter() {
         assert_eq!(write_image(&shuffled, &opts).unwrap(), want, "{name}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Streaming
+
+/// Accepts `limit` bytes in writes of at most 7 bytes, then fails.
+struct Choppy {
+    got: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Choppy {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.got.len() >= self.limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "full"));
+        }
+        let n = buf.len().min(7).min(self.limit - self.got.len());
+        self.got.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn streaming_matches_in_memory_image() {
+    for (name, tree, opts) in fixtures() {
+        let want = write_image(&tree, &opts).unwrap();
+        let mut out = Choppy {
+            got: Vec::new(),
+            limit: usize::MAX,
+        };
+        let n = erofs::write_image_to(&tree, &opts, &mut out).unwrap();
+        assert_eq!(n, want.len() as u64, "{name}");
+        assert!(out.got == want, "{name}: streamed bytes differ");
+        let plan = erofs::ImagePlan::new(&tree, &opts).unwrap();
+        assert_eq!(plan.image_size(), want.len() as u64, "{name}");
+    }
+}
+
+#[test]
+fn streaming_reports_io_errors() {
+    let (tree, opts) = fixture("xattrs");
+    let size = write_image(&tree, &opts).unwrap().len();
+    for limit in [0, 1, 1500, size / 2, size - 1] {
+        let mut out = Choppy {
+            got: Vec::new(),
+            limit,
+        };
+        match erofs::write_image_to(&tree, &opts, &mut out) {
+            Err(WriteError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull),
+            other => panic!("limit {limit}: {other:?}"),
+        }
+    }
+    // Tree errors come before any byte is written.
+    let mut bad = tree.clone();
+    bad.inodes[0].stat.mode = S_IFREG | 0o644;
+    let mut out = Choppy {
+        got: Vec::new(),
+        limit: usize::MAX,
+    };
+    assert!(matches!(
+        erofs::write_image_to(&bad, &opts, &mut out),
+        Err(WriteError::Tree(_))
+    ));
+    assert!(out.got.is_empty());
+}

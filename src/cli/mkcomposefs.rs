@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::dumpfile;
-use crate::fsverity::{self, Algorithm};
+use crate::fsverity::{Algorithm, FsVerityHasher};
 use crate::repo::objects::{ObjectDir, ObjectSink};
 use crate::tree::dir::{self, ScanOptions};
 
@@ -119,15 +119,51 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         build_from_dir(&args, threads)?
     };
-    let image = erofs::write_image(&tree, &opts).context("cannot write image")?;
-    if let Some(out) = &out {
-        write_output(out, &image).with_context(|| format!("cannot write {}", out.display()))?;
+    // Every error about the tree surfaces here, before any output exists;
+    // the image is then streamed (never held in memory) to the output and,
+    // for the digest flags, through an fs-verity hasher.
+    let plan = erofs::ImagePlan::new(&tree, &opts).context("cannot write image")?;
+    let mut hasher = (args.print_digest || args.print_digest_only)
+        .then(|| FsVerityHasher::new(Algorithm::Sha256));
+    match &out {
+        Some(out) => write_output_with(out, |w| {
+            let mut tee = Tee {
+                out: w,
+                hasher: hasher.as_mut(),
+            };
+            plan.write_to(&mut tee).map(drop)
+        })
+        .with_context(|| format!("cannot write {}", out.display()))?,
+        None => {
+            if let Some(h) = hasher.as_mut() {
+                plan.write_to(h).context("cannot write image")?;
+            }
+        }
     }
-    if args.print_digest || args.print_digest_only {
-        let d = fsverity::digest_bytes(Algorithm::Sha256, &image);
-        println!("{}", d.to_hex());
+    if let Some(h) = hasher {
+        println!("{}", h.finish().to_hex());
     }
     Ok(())
+}
+
+/// Writes everything to `out` and feeds it to `hasher` too.
+struct Tee<'a, W: Write + ?Sized> {
+    out: &'a mut W,
+    hasher: Option<&'a mut FsVerityHasher>,
+}
+
+impl<W: Write + ?Sized> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn read_dump(source: &Path) -> Result<erofs::Tree> {
@@ -178,29 +214,47 @@ fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
 /// are not regular files (`/dev/stdout`, `/proc/self/fd/3`) and `-` are
 /// written directly.
 pub fn write_output(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_output_with(path, |w| w.write_all(data))
+}
+
+/// Output buffer for streamed images.
+const OUT_BUF: usize = 256 * 1024;
+
+/// Like [`write_output`], with the bytes produced by `fill` writing to a
+/// buffered writer (flushed here). If `fill` fails, a temporary file is
+/// removed and the target is left as it was.
+pub fn write_output_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     if path == Path::new("-") {
-        let mut out = io::stdout().lock();
-        out.write_all(data)?;
+        let mut out = io::BufWriter::with_capacity(OUT_BUF, io::stdout().lock());
+        fill(&mut out)?;
         return out.flush();
     }
     if let Ok(md) = fs::metadata(path) {
         if !md.file_type().is_file() {
-            let mut f = fs::OpenOptions::new().write(true).open(path)?;
-            return f.write_all(data);
+            let f = fs::OpenOptions::new().write(true).open(path)?;
+            let mut out = io::BufWriter::with_capacity(OUT_BUF, f);
+            fill(&mut out)?;
+            return out.flush();
         }
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile_in(dir, path)?;
+    let (tmp, file) = tempfile_in(dir, path)?;
     let res = (|| {
-        tmp.1.write_all(data)?;
-        tmp.1.sync_data()?;
-        fs::rename(&tmp.0, path)
+        let mut out = io::BufWriter::with_capacity(OUT_BUF, file);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&tmp, path)
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp.0);
+        let _ = fs::remove_file(&tmp);
     }
     res
 }

@@ -11,8 +11,6 @@ use std::io::Read;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use super::source::{OciSource, PlatformSpec, ResolvedImage, SourceError};
 use super::{splitstream, ImageRef, LayerEntry, LayerError};
@@ -254,38 +252,40 @@ fn import_layers(
             unique.push(i);
         }
     }
-    // Plain threads, not rayon's pool: a layer import blocks on its object
-    // workers' queue, and those workers hash on the rayon pool; with every
-    // pool thread importing a layer, nothing would be left to hash
-    // (deadlock as soon as there are as many layers as CPUs).
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let slots: Vec<Mutex<Option<Result<LayerResult, PullError>>>> =
-        unique.iter().map(|_| Mutex::new(None)).collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(unique.len());
+    // Plain threads, not rayon: layer import blocks on its own worker
+    // queues, and the workers use the rayon pool for hashing; blocking rayon
+    // threads on them would deadlock. A few layers at a time bound memory.
+    let lanes = unique.len().min(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 4),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, Result<LayerResult, PullError>)>> =
+        Default::default();
     std::thread::scope(|s| {
-        for _ in 0..threads {
+        for _ in 0..lanes {
             s.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= unique.len() || failed.load(Ordering::Relaxed) {
-                    return;
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = unique.get(k) else { break };
+                let r = import_one(repo, src, &img.layers[i]);
+                let failed = r.is_err();
+                results
+                    .lock()
+                    .expect("no panics while holding")
+                    .push((i, r));
+                if failed {
+                    // Stop handing out more layers; running ones finish.
+                    next.store(unique.len(), std::sync::atomic::Ordering::Relaxed);
                 }
-                let r = import_one(repo, src, &img.layers[unique[k]]);
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
             });
         }
     });
-    let mut done: Vec<(usize, LayerResult)> = Vec::with_capacity(unique.len());
-    for (k, slot) in slots.into_iter().enumerate() {
-        // A layer not started (None) follows a failure, reported here.
-        if let Some(r) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            done.push((unique[k], r?));
-        }
+    let mut done: Vec<(usize, LayerResult)> = Vec::new();
+    let mut results = results.into_inner().expect("no panics while holding");
+    results.sort_by_key(|(i, _)| *i);
+    for (i, r) in results {
+        done.push((i, r?));
     }
     let mut out = Vec::with_capacity(img.layers.len());
     for l in &img.layers {

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -52,6 +52,8 @@ pub struct ObjectDir {
     counter: AtomicU64,
     /// Set once enabling verity failed with "not supported" (skip further tries).
     verity_unsupported: AtomicBool,
+    /// Set once the filesystem refused O_TMPFILE.
+    no_tmpfile: AtomicBool,
     written: AtomicU64,
     written_bytes: AtomicU64,
 }
@@ -101,6 +103,7 @@ impl ObjectDir {
             policy: VerityPolicy::Try,
             counter: AtomicU64::new(0),
             verity_unsupported: AtomicBool::new(false),
+            no_tmpfile: AtomicBool::new(false),
             written: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
         })
@@ -157,9 +160,49 @@ impl ObjectDir {
         self.path.join(digest.object_path())
     }
 
-    fn tmp_file(
-        &self,
-    ) -> Result<(BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd), ObjectError> {
+    /// A new empty file to fill: an anonymous `O_TMPFILE` inode in the
+    /// object directory where the filesystem supports it (nothing to clean
+    /// up after a crash, no directory entry until it is linked in place),
+    /// else a named temporary file.
+    ///
+    /// `near` names the `XX` subdirectory the object will land in, when
+    /// known: the inode is then allocated there, which spreads objects over
+    /// the filesystem the way their directories are spread (one directory
+    /// for all new inodes makes ext4's allocator scan ever longer).
+    fn tmp_file(&self, near: Option<&str>) -> Result<Staged<'_>, ObjectError> {
+        if !self.no_tmpfile.load(Ordering::Relaxed) {
+            let open = || {
+                rustix::fs::openat(
+                    &self.dir,
+                    near.unwrap_or("."),
+                    OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )
+            };
+            let mut r = open();
+            if let (Err(rustix::io::Errno::NOENT), Some(sub)) = (&r, near) {
+                match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => r = open(),
+                    Err(e) => return Err(oe(self.path.join(sub), "cannot create directory", e)),
+                }
+            }
+            match r {
+                Ok(fd) => {
+                    return Ok(Staged {
+                        fd,
+                        named: None,
+                        path: self.path.join("(O_TMPFILE)"),
+                    })
+                }
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::ISDIR
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NOENT,
+                ) => self.no_tmpfile.store(true, Ordering::Relaxed),
+                Err(e) => return Err(oe(&self.path, "cannot create temporary file", e)),
+            }
+        }
         let (tmp_dir, tmp_path) = match &self.tmp {
             Some((p, d)) => (d.as_fd(), p.as_path()),
             None => (self.dir.as_fd(), self.path.as_path()),
@@ -177,7 +220,11 @@ impl ObjectDir {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| oe(&full, "cannot create temporary file", e))?;
-        Ok((tmp_dir, name, full, fd))
+        Ok(Staged {
+            fd,
+            named: Some((tmp_dir, name)),
+            path: full,
+        })
     }
 
     /// Adds the contents of `src`, whose digest the caller computed from it
@@ -226,55 +273,101 @@ impl ObjectDir {
         if self.contains(digest) {
             return Ok(Added::Present);
         }
-        let tmp = self.tmp_file()?;
-        if let Err(e) = fill(tmp.3.as_fd()) {
-            let _ = rustix::fs::unlinkat(tmp.0, tmp.1.as_str(), AtFlags::empty());
-            return Err(oe(&tmp.2, "cannot write object data", e));
+        let rel = digest.object_path();
+        let tmp = self.tmp_file(Some(&rel[..2]))?;
+        if let Err(e) = fill(tmp.fd.as_fd()) {
+            let path = tmp.path.clone();
+            tmp.discard();
+            return Err(oe(&path, "cannot write object data", e));
         }
         self.install(digest, tmp)
     }
 
-    /// Moves a filled temporary file into place as object `digest` (which the
-    /// caller checked is absent): read-only mode, fs-verity, rename. The
-    /// temporary file is removed on failure.
-    fn install(
-        &self,
-        digest: &Digest,
-        (tmp_dir, tmp_name, tmp_path, fd): (BorrowedFd<'_>, String, PathBuf, rustix::fd::OwnedFd),
-    ) -> Result<Added, ObjectError> {
+    /// Moves a filled temporary file into place as object `digest`:
+    /// world-readable mode, fs-verity (which needs the writable descriptor
+    /// closed), then a link or rename under its name. If the object appeared
+    /// meanwhile (another writer), the temporary file is dropped.
+    fn install(&self, digest: &Digest, staged: Staged<'_>) -> Result<Added, ObjectError> {
         let rel = digest.object_path();
-        let cleanup = |e: ObjectError| {
-            let _ = rustix::fs::unlinkat(tmp_dir, tmp_name.as_str(), AtFlags::empty());
+        let Staged { fd, named, path } = staged;
+        let discard = |named: &Option<(BorrowedFd<'_>, String)>| {
+            if let Some((d, n)) = named {
+                let _ = rustix::fs::unlinkat(d, n.as_str(), AtFlags::empty());
+            }
+        };
+        let fail = |e: ObjectError| {
+            discard(&named);
             e
         };
-        let sub = &rel[..2];
-        match rustix::fs::mkdirat(&self.dir, sub, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => {
-                return Err(cleanup(oe(
-                    self.path.join(sub),
-                    "cannot create directory",
-                    e,
-                )))
-            }
-        }
         let size = rustix::fs::fstat(&fd)
             .map(|s| s.st_size as u64)
             .unwrap_or(0);
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
-            .map_err(|e| cleanup(oe(&tmp_path, "cannot chmod object", e)))?;
-        // fs-verity needs a read-only fd and no writer left open.
-        drop(fd);
-        let verity = self
-            .try_enable_verity(tmp_dir, &tmp_name, &tmp_path)
-            .map_err(&cleanup)?;
-        rustix::fs::renameat(tmp_dir, tmp_name.as_str(), &self.dir, rel.as_str()).map_err(|e| {
-            cleanup(oe(
-                self.path.join(&rel),
-                "cannot rename object into place",
-                e,
-            ))
-        })?;
+            .map_err(|e| fail(oe(&path, "cannot chmod object", e)))?;
+        // fs-verity needs a read-only descriptor and no writer left open.
+        let (fd, verity) = if self.verity_unsupported.load(Ordering::Relaxed)
+            && self.policy == VerityPolicy::Try
+        {
+            (fd, false)
+        } else {
+            let ro = match &named {
+                Some((d, n)) => rustix::fs::openat(
+                    d,
+                    n.as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+                None => rustix::fs::open(
+                    format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+            }
+            .map_err(|e| fail(oe(&path, "cannot reopen object", e)))?;
+            drop(fd);
+            let verity = self.try_enable_verity(ro.as_fd(), &path).map_err(&fail)?;
+            (ro, verity)
+        };
+        let place = || -> rustix::io::Result<()> {
+            match &named {
+                Some((d, n)) => rustix::fs::renameat(d, n.as_str(), &self.dir, rel.as_str()),
+                None => rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                    &self.dir,
+                    rel.as_str(),
+                    AtFlags::SYMLINK_FOLLOW,
+                ),
+            }
+        };
+        let mut res = place();
+        if res == Err(rustix::io::Errno::NOENT) {
+            // First object under this prefix: create XX/ and retry.
+            match rustix::fs::mkdirat(&self.dir, &rel[..2], Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => res = place(),
+                Err(e) => {
+                    return Err(fail(oe(
+                        self.path.join(&rel[..2]),
+                        "cannot create directory",
+                        e,
+                    )))
+                }
+            }
+        }
+        match res {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                discard(&named);
+                return Ok(Added::Present);
+            }
+            Err(e) => {
+                return Err(fail(oe(
+                    self.path.join(&rel),
+                    "cannot move object into place",
+                    e,
+                )))
+            }
+        }
         self.written.fetch_add(1, Ordering::Relaxed);
         self.written_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Added::Written { verity })
@@ -285,26 +378,16 @@ impl ObjectDir {
     /// [`ObjectWriter::commit`]. Dropping the writer without committing
     /// removes its temporary file.
     pub fn writer(&self) -> Result<ObjectWriter<'_>, ObjectError> {
-        let (dir, name, path, fd) = self.tmp_file()?;
+        let staged = self.tmp_file(None)?;
         Ok(ObjectWriter {
             objects: self,
             hasher: fsverity::FsVerityHasher::new(self.alg),
-            tmp: Some((dir, name, path, fs::File::from(fd))),
+            tmp: Some(staged),
         })
     }
 
-    fn try_enable_verity(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &str,
-        path: &Path,
-    ) -> Result<bool, ObjectError> {
-        if self.verity_unsupported.load(Ordering::Relaxed) && self.policy == VerityPolicy::Try {
-            return Ok(false);
-        }
-        let ro = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| oe(path, "cannot reopen object", e))?;
-        match enable_retrying(ro.as_fd(), self.alg) {
+    fn try_enable_verity(&self, ro: BorrowedFd<'_>, path: &Path) -> Result<bool, ObjectError> {
+        match enable_retrying(ro, self.alg) {
             Ok(()) => Ok(true),
             Err(VerityError::AlreadyEnabled) => Ok(true),
             Err(e) if self.policy == VerityPolicy::Try => {
@@ -329,13 +412,13 @@ impl ObjectDir {
 pub struct ObjectWriter<'a> {
     objects: &'a ObjectDir,
     hasher: fsverity::FsVerityHasher,
-    tmp: Option<(BorrowedFd<'a>, String, PathBuf, fs::File)>,
+    tmp: Option<Staged<'a>>,
 }
 
 impl std::fmt::Debug for ObjectWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectWriter")
-            .field("tmp", &self.tmp.as_ref().map(|t| &t.2))
+            .field("tmp", &self.tmp.as_ref().map(|t| &t.path))
             .field("len", &self.hasher.len())
             .finish()
     }
@@ -353,26 +436,25 @@ impl ObjectWriter<'_> {
 
     /// Finishes the object: returns its digest and whether it was new.
     pub fn commit(mut self) -> Result<(Digest, Added), ObjectError> {
-        let (dir, name, path, file) = self.tmp.take().expect("ObjectWriter used after commit");
+        let staged = self.tmp.take().expect("ObjectWriter used after commit");
         let fresh = fsverity::FsVerityHasher::new(self.objects.alg);
         let hasher = std::mem::replace(&mut self.hasher, fresh);
         let digest = hasher.finish();
         if self.objects.contains(&digest) {
-            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+            staged.discard();
             return Ok((digest, Added::Present));
         }
-        let tmp = (dir, name, path, file.into());
-        let added = self.objects.install(&digest, tmp)?;
+        let added = self.objects.install(&digest, staged)?;
         Ok((digest, added))
     }
 }
 
 impl io::Write for ObjectWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some((_, _, _, file)) = self.tmp.as_mut() else {
+        let Some(staged) = self.tmp.as_mut() else {
             return Err(io::Error::other("ObjectWriter used after commit"));
         };
-        let n = file.write(buf)?;
+        let n = rustix::io::write(&staged.fd, buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -384,8 +466,25 @@ impl io::Write for ObjectWriter<'_> {
 
 impl Drop for ObjectWriter<'_> {
     fn drop(&mut self) {
-        if let Some((dir, name, _, _)) = self.tmp.take() {
-            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+        if let Some(staged) = self.tmp.take() {
+            staged.discard();
+        }
+    }
+}
+
+/// A temporary file being filled: anonymous (`O_TMPFILE`) or named.
+struct Staged<'a> {
+    fd: rustix::fd::OwnedFd,
+    named: Option<(BorrowedFd<'a>, String)>,
+    /// For messages.
+    path: PathBuf,
+}
+
+impl Staged<'_> {
+    /// Drops the file (an anonymous one vanishes with its descriptor).
+    fn discard(self) {
+        if let Some((d, n)) = &self.named {
+            let _ = rustix::fs::unlinkat(d, n.as_str(), AtFlags::empty());
         }
     }
 }
