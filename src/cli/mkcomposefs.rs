@@ -191,7 +191,6 @@ fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
         skip_devices: args.skip_devices,
         use_epoch: args.use_epoch,
     };
-    let scan = dir::scan(&args.source, &opts)?;
     let store = match &args.digest_store {
         Some(p) => Some(ObjectDir::open(p, Algorithm::Sha256)?),
         None => None,
@@ -201,7 +200,7 @@ fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
         store: store.as_ref(),
         progress: None,
     };
-    let tree = dir::resolve(scan, &sink, threads)?;
+    let tree = dir::scan_and_resolve(&args.source, &opts, &sink, threads)?;
     if let Some(store) = &store {
         // Objects are durable before the image that references them exists.
         store.sync()?;

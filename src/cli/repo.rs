@@ -32,13 +32,22 @@ impl Global {
         if self.quiet || !io::stderr().is_terminal() {
             return indicatif::ProgressBar::hidden();
         }
-        let pb = indicatif::ProgressBar::new(len);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
+        // Without a known length: a spinner with bytes and rate.
+        let (pb, template) = if len == 0 {
+            (
+                indicatif::ProgressBar::no_length(),
+                "{spinner} {msg:12} {bytes} {bytes_per_sec} {elapsed}",
+            )
+        } else {
+            (
+                indicatif::ProgressBar::new(len),
                 "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             )
-            .expect("valid template")
-            .progress_chars("=> "),
+        };
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         pb.set_message(what.to_string());
         pb
@@ -96,9 +105,8 @@ pub fn create_image(
         crate::repo::check_name(n)?;
     }
     let repo = g.open_repo(LockMode::Shared)?;
-    let scan = dir::scan(source, &ScanOptions::default())?;
-    let total: u64 = scan.pending.iter().map(|p| p.size).sum();
-    let pb = g.progress(total, "hashing");
+    // The total is not known while the walk and the hashing overlap.
+    let pb = g.progress(0, "importing");
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sink = ObjectSink {
@@ -106,7 +114,7 @@ pub fn create_image(
         store: Some(repo.objects()),
         progress: Some(&pb),
     };
-    let tree = dir::resolve(scan, &sink, threads)?;
+    let tree = dir::scan_and_resolve(source, &ScanOptions::default(), &sink, threads)?;
     pb.finish_and_clear();
     let image =
         erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;

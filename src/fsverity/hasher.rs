@@ -293,21 +293,39 @@ pub fn digest_reader<R: Read>(alg: Algorithm, mut reader: R) -> io::Result<Diges
 /// 0 to EOF (the file position is neither used nor changed).
 /// Single-threaded; use [`par_digest_file`] for large files.
 pub fn digest_file(alg: Algorithm, file: &File) -> io::Result<Digest> {
-    let mut h = FsVerityHasher::new(alg);
-    let mut buf = vec![0u8; READ_BUF];
-    let mut off = 0u64;
-    loop {
-        match file.read_at(&mut buf, off) {
-            Ok(0) => break,
-            Ok(n) => {
-                h.update(&buf[..n]);
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+    thread_local! {
+        // One read buffer per thread, reused: hashing many small files must
+        // not allocate and zero a fresh buffer for each.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok(h.finish())
+    BUF.with(|cell| {
+        let mut guard = cell.try_borrow_mut();
+        let mut local;
+        let buf: &mut Vec<u8> = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => {
+                local = Vec::new();
+                &mut local
+            }
+        };
+        if buf.len() < READ_BUF {
+            buf.resize(READ_BUF, 0);
+        }
+        let mut h = FsVerityHasher::new(alg);
+        let mut off = 0u64;
+        loop {
+            match file.read_at(buf, off) {
+                Ok(0) => break,
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(h.finish())
+    })
 }
 
 /// Length of the prefix made of complete data blocks that are *not* the last

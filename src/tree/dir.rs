@@ -162,6 +162,63 @@ fn read_xattrs(
 
 /// Walks `root` and builds its tree. Large files are left pending for [`resolve`].
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
+    scan_feeding(root, opts, None)
+}
+
+/// [`scan`] and [`resolve`] overlapped: files are hashed (and stored) on
+/// `threads` workers while the walk goes on, so the walk's syscalls and the
+/// hashing share the cores instead of taking turns.
+pub fn scan_and_resolve(
+    root: &Path,
+    opts: &ScanOptions,
+    sink: &dyn FileSink,
+    threads: usize,
+) -> Result<Tree, ScanError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PendingFile>(4096);
+    let rx = std::sync::Mutex::new(rx);
+    let done: std::sync::Mutex<Vec<(InodeId, Vec<u8>)>> = Default::default();
+    let failed: std::sync::Mutex<Option<ScanError>> = Default::default();
+    let scanned = std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let next = rx.lock().expect("receiver lock").recv();
+                let Ok(f) = next else { break };
+                match sink.ingest(&f) {
+                    Ok(d) => done.lock().expect("results lock").push((f.inode, d)),
+                    Err(e) => {
+                        failed.lock().expect("error lock").get_or_insert(e);
+                        // Stop taking work; dropping our receiver share is
+                        // not possible, so drain without processing.
+                        while rx.lock().expect("receiver lock").recv().is_ok() {}
+                        break;
+                    }
+                }
+            });
+        }
+        scan_feeding(root, opts, Some(tx))
+    });
+    if let Some(e) = failed.into_inner().expect("error lock") {
+        return Err(e);
+    }
+    let mut tree = scanned?.tree;
+    for (id, digest) in done.into_inner().expect("results lock") {
+        if let Content::Regular(File {
+            data: FileData::External { redirect, verity },
+            ..
+        }) = &mut tree.inode_mut(id).content
+        {
+            *redirect = Some(object_path(&digest).into_bytes());
+            *verity = Some(digest);
+        }
+    }
+    Ok(tree)
+}
+
+fn scan_feeding(
+    root: &Path,
+    opts: &ScanOptions,
+    feed: Option<std::sync::mpsc::SyncSender<PendingFile>>,
+) -> Result<Scan, ScanError> {
     let st = rustix::fs::statat(rustix::fs::CWD, root, AtFlags::empty())
         .map_err(|e| ScanError::new(root, "cannot stat source", e))?;
     if st.st_mode & erofs::format::S_IFMT != erofs::format::S_IFDIR {
@@ -192,9 +249,13 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
         opts: *opts,
         builder: b,
         pending: Vec::new(),
+        feed,
         links: HashMap::new(),
     };
-    w.walk(InodeId::ROOT, &dir, root)?;
+    let walked = w.walk(InodeId::ROOT, &dir, root);
+    // Close the feed before anything else so workers finish.
+    w.feed = None;
+    walked?;
     let Walker {
         builder, pending, ..
     } = w;
@@ -250,6 +311,8 @@ struct Walker {
     opts: ScanOptions,
     builder: TreeBuilder,
     pending: Vec<PendingFile>,
+    /// When set, pending files go to hashing workers as they are found.
+    feed: Option<std::sync::mpsc::SyncSender<PendingFile>>,
     /// (dev, ino) of multiply-linked files already added.
     links: HashMap<(u64, u64), InodeId>,
 }
@@ -330,11 +393,19 @@ impl Walker {
                 },
             );
             if ftype == S_IFREG && st.st_size as u64 > INLINE_MAX {
-                self.pending.push(PendingFile {
+                let p = PendingFile {
                     inode: id,
                     path: full.clone(),
                     size: st.st_size as u64,
-                });
+                };
+                match &self.feed {
+                    // A closed channel means the workers stopped on an error,
+                    // which the caller reports.
+                    Some(tx) => {
+                        let _ = tx.send(p);
+                    }
+                    None => self.pending.push(p),
+                }
             }
             if !is_dir && st.st_nlink > 1 {
                 self.links.insert((st.st_dev, st.st_ino), id);
