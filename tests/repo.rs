@@ -262,6 +262,53 @@ fn lifecycle_on_tmp_dir() {
 }
 
 #[test]
+fn lifecycle_on_tmpfs() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("strata-tmpfs-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(m.success());
+    let fs = Fs { dir, mounted: true };
+    lifecycle(&fs.path());
+}
+
+#[test]
+fn init_require_verity_fails_clearly_and_leaves_nothing() {
+    let fs = Fs::tmpfs_or_dir();
+    let repo = fs.path().join("verity-repo");
+    let o = strata(&repo, &["init", "--require-verity"]);
+    if o.status.success() {
+        eprintln!("SKIP: this filesystem supports fs-verity");
+        return;
+    }
+    let e = err(&o);
+    assert!(
+        e.contains("fs-verity is required") && e.lines().count() == 1,
+        "{e}"
+    );
+    assert!(
+        !repo.exists(),
+        "a refused init left {} behind",
+        repo.display()
+    );
+    // Without --require-verity the repository is created and says it is not enforced.
+    let out = ok(&strata(&repo, &["--json", "init"]));
+    let meta: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(meta["verity_enforced"], serde_json::Value::Bool(false));
+}
+
+#[test]
 fn lifecycle_on_ext4_and_xfs() {
     for kind in ["ext4", "xfs"] {
         if let Some(fs) = Fs::loop_fs(kind, 300) {

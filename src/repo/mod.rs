@@ -44,7 +44,7 @@ pub enum RepoError {
     Meta { path: PathBuf, why: String },
     #[error("{}: repository already exists", .0.display())]
     Exists(PathBuf),
-    #[error("{}: fs-verity is required but this filesystem does not support it ({why})", path.display())]
+    #[error("{}: fs-verity is required, but it is {why}", path.display())]
     VerityRequired { path: PathBuf, why: String },
     #[error("no image named {0:?} (see `strata images`)")]
     NoSuchImage(String),
@@ -163,18 +163,26 @@ impl Repository {
         if root.join("meta.json").exists() {
             return Err(RepoError::Exists(root.to_path_buf()));
         }
-        fs::create_dir_all(root.join("objects"))
-            .map_err(|e| ioe(root, "cannot create repository", e))?;
-        for d in ["images", "refs/images", "tmp"] {
-            fs::create_dir_all(root.join(d))
-                .map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
-        }
-        let support = fsverity::probe(&root.join("objects"));
+        // Probe before creating anything, so a refusal leaves nothing behind.
+        let created_root = !root.exists();
+        fs::create_dir_all(root).map_err(|e| ioe(root, "cannot create repository", e))?;
+        let support = fsverity::probe(root);
         if require_verity && !support.is_supported() {
+            if created_root {
+                let _ = fs::remove_dir(root);
+            }
+            let why = match &support {
+                fsverity::Support::NotSupported { reason } => reason.clone(),
+                fsverity::Support::Supported => String::new(),
+            };
             return Err(RepoError::VerityRequired {
                 path: root.to_path_buf(),
-                why: format!("{support}"),
+                why,
             });
+        }
+        for d in ["objects", "images", "refs/images", "tmp"] {
+            fs::create_dir_all(root.join(d))
+                .map_err(|e| ioe(root.join(d), "cannot create directory", e))?;
         }
         let meta = Meta {
             format: FORMAT_VERSION,
