@@ -311,34 +311,19 @@ impl Repository {
         let (id, _) = self.objects.add_bytes(image)?;
         // Objects (file contents and the image) are durable before any link to them.
         self.objects.sync()?;
-        let hex = id.to_hex();
-        let target = format!("../objects/{}", id.object_path());
-        symlink_atomic(
-            &target,
-            &self.root.join("images").join(&hex),
-            &self.root.join("tmp"),
-        )?;
-        if let Some(n) = name {
-            symlink_atomic(
-                &format!("../../images/{hex}"),
-                &self.root.join("refs/images").join(n),
-                &self.root.join("tmp"),
-            )?;
-        }
-        sync_dir(&self.root.join("images"))?;
-        sync_dir(&self.root.join("refs/images"))?;
+        self.commit_image_link(&id, name)?;
         Ok(id)
     }
 
-    /// Links an image that is already an object under `images/` (and `name`).
+    /// Links an image that is already a (flushed) object under `images/`,
+    /// and names it `name` if given.
     pub fn commit_image_link(&self, id: &Digest, name: Option<&str>) -> Result<(), RepoError> {
-        let hex = id.to_hex();
-        let target = format!("../objects/{}", id.object_path());
         symlink_atomic(
-            &target,
-            &self.root.join("images").join(&hex),
+            &format!("../objects/{}", id.object_path()),
+            &self.root.join("images").join(id.to_hex()),
             &self.root.join("tmp"),
         )?;
+        sync_dir(&self.root.join("images"))?;
         if let Some(n) = name {
             self.tag_image(id, n)?;
         }
