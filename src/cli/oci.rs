@@ -12,8 +12,11 @@ use crate::repo::{LockMode, Repository};
 
 pub fn pull(g: &Global, source: &str, name: Option<&str>, platform: Option<&str>) -> Result<()> {
     let repo = g.open_repo(LockMode::Shared)?;
+    use std::io::IsTerminal;
     let opts = PullOptions {
         platform: platform.map(PlatformSpec::parse).transpose()?,
+        progress: (!g.quiet && !g.json && io::stderr().is_terminal())
+            .then(indicatif::MultiProgress::new),
     };
     let r = do_pull(&repo, source, name, &opts).with_context(|| format!("pull {source}"))?;
     if g.json {

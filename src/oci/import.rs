@@ -82,6 +82,39 @@ pub struct PullReport {
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
     pub platform: Option<PlatformSpec>,
+    /// Where to draw one progress bar per layer (bytes and files); none: quiet.
+    pub progress: Option<indicatif::MultiProgress>,
+}
+
+/// Counts the bytes read through it into a progress bar.
+struct Counted<'a, R> {
+    inner: R,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn layer_bar(
+    progress: Option<&indicatif::MultiProgress>,
+    layer: &super::LayerDesc,
+) -> indicatif::ProgressBar {
+    let Some(mp) = progress else {
+        return indicatif::ProgressBar::hidden();
+    };
+    let pb = mp.add(indicatif::ProgressBar::no_length());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} {bytes} {bytes_per_sec} {msg}")
+            .expect("valid template"),
+    );
+    let short = hex_of(&layer.digest);
+    pb.set_prefix(format!("layer {}", &short[..short.len().min(12)]));
+    pb
 }
 
 fn hex_of(oci_digest: &str) -> &str {
@@ -135,7 +168,7 @@ pub fn pull(
         }
     }
 
-    let results = import_layers(repo, &src, &img)?;
+    let results = import_layers(repo, &src, &img, opts.progress.as_ref())?;
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
         tree.apply(&res.entries)
@@ -245,6 +278,7 @@ fn import_layers(
     repo: &Repository,
     src: &OciSource,
     img: &ResolvedImage,
+    progress: Option<&indicatif::MultiProgress>,
 ) -> Result<Vec<LayerResult>, PullError> {
     let mut unique: Vec<usize> = Vec::new();
     for (i, l) in img.layers.iter().enumerate() {
@@ -268,7 +302,7 @@ fn import_layers(
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&i) = unique.get(k) else { break };
-                let r = import_one(repo, src, &img.layers[i]);
+                let r = import_one(repo, src, &img.layers[i], progress);
                 let failed = r.is_err();
                 results
                     .lock()
@@ -306,6 +340,7 @@ fn import_one(
     repo: &Repository,
     src: &OciSource,
     layer: &super::LayerDesc,
+    progress: Option<&indicatif::MultiProgress>,
 ) -> Result<LayerResult, PullError> {
     let diff = hex_of(&layer.diff_id);
     if let Some(ss) = repo.get_ref("layers", diff) {
@@ -322,7 +357,12 @@ fn import_one(
         });
     }
     let mut reader = src.open_layer(layer)?;
-    let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| {
+    let bar = layer_bar(progress, layer);
+    let counted = Counted {
+        inner: &mut reader,
+        bar: &bar,
+    };
+    let imported = splitstream::import_layer(counted, repo.objects()).map_err(|e| {
         // A corrupt blob usually shows first as a tar or decompression error.
         match blob_error(src, layer) {
             Some(blob) => PullError::Source(blob),
@@ -338,6 +378,10 @@ fn import_one(
         .objects()
         .add_bytes(&imported.splitstream)
         .map_err(RepoError::from)?;
+    bar.finish_with_message(format!(
+        "{} files, {} new objects",
+        imported.stats.entries, imported.stats.objects_written
+    ));
     Ok(LayerResult {
         splitstream: ss,
         entries: imported.entries,
