@@ -1065,8 +1065,21 @@ fn push_escaped(out: &mut Vec<u8>, s: &[u8], escape_equal: bool, escape_lone_das
         out.extend_from_slice(b"\\x2d");
         return;
     }
+    push_escaped_bytes(out, s, escape_equal, false);
+}
+
+/// `composefs-info ls` escaping of a path or target: as the dump's, except
+/// that with `keep_space` a space is printed as is (C's `NOESCAPE_SPACE`).
+pub fn escape_ls(s: &[u8], keep_space: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    push_escaped_bytes(&mut out, s, false, keep_space);
+    out
+}
+
+fn push_escaped_bytes(out: &mut Vec<u8>, s: &[u8], escape_equal: bool, keep_space: bool) {
     for &c in s {
         match c {
+            b' ' if keep_space => out.push(c),
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),

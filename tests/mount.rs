@@ -3,9 +3,10 @@
 //! must show the source tree exactly. Needs root and a kernel with EROFS and
 //! overlayfs; skips with a printed reason otherwise.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,24 +23,6 @@ struct Seen {
     data: Option<Vec<u8>>,
     link: Option<PathBuf>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap_or(0);
-    for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        // overlayfs' own attributes are not part of the tree.
-        if name.starts_with(b"trusted.overlay.") {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        let cname = std::ffi::OsStr::from_bytes(name);
-        let m = rustix::fs::lgetxattr(p, cname, &mut v[..]).unwrap();
-        v.truncate(m);
-        out.insert(name.to_vec(), v);
-    }
-    out
 }
 
 fn walk(root: &Path) -> BTreeMap<PathBuf, Seen> {
@@ -59,7 +42,7 @@ fn walk(root: &Path) -> BTreeMap<PathBuf, Seen> {
                 mtime: (md.mtime(), md.mtime_nsec()),
                 data: ft.is_file().then(|| fs::read(&p).unwrap()),
                 link: ft.is_symlink().then(|| fs::read_link(&p).unwrap()),
-                xattrs: xattrs(&p),
+                xattrs: common::xattrs(&p),
             },
         );
         if ft.is_dir() {

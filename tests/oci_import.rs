@@ -5,6 +5,8 @@
 //! hostile input is refused cleanly; archives equal layouts; and, when the
 //! local corpus exists, a real image with a deletion layer imports right.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -367,23 +369,6 @@ fn groups(of: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
     out
 }
 
-fn xattrs_of(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap_or(0);
-    for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        // overlayfs' own attributes are not part of the tree (mount walks).
-        if name.starts_with(b"trusted.overlay.") {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        let m = rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut v[..]).unwrap();
-        v.truncate(m);
-        out.insert(name.to_vec(), v);
-    }
-    out
-}
-
 /// Walks a real directory (an extraction or a mount).
 fn walk(root: &Path) -> Snapshot {
     let mut files = BTreeMap::new();
@@ -420,7 +405,7 @@ fn walk(root: &Path) -> Snapshot {
                 mtime: (md.mtime(), md.mtime_nsec()),
                 size: if ft.is_dir() { 0 } else { md.size() },
                 body,
-                xattrs: xattrs_of(&p),
+                xattrs: common::xattrs(&p),
             },
         );
     }
@@ -1001,7 +986,7 @@ fn mount_check(repo: &Path, id: &str, want: &Snapshot, tmp: &Path) {
     }
     let seen = std::panic::catch_unwind(|| {
         let tool = fs::read(mnt.join("bin/tool")).unwrap();
-        let caps = xattrs_of(&mnt.join("bin/tool"));
+        let caps = common::xattrs(&mnt.join("bin/tool"));
         (walk(&mnt), tool, caps)
     });
     unmount(&mnt).unwrap();

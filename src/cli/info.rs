@@ -146,12 +146,12 @@ fn ls(tree: &Tree, dir: InodeId, path: &mut Vec<u8>, out: &mut impl Write) -> io
         path.push(b'/');
         path.extend_from_slice(&e.name);
         let inode = tree.inode(e.inode);
-        out.write_all(&escape(path, true))?;
+        out.write_all(&dumpfile::escape_ls(path, true))?;
         match &inode.content {
             Content::Directory(_) => out.write_all(b"/\t")?,
             Content::Symlink(t) => {
                 out.write_all(b"\t-> ")?;
-                out.write_all(&escape(t, false))?;
+                out.write_all(&dumpfile::escape_ls(t, false))?;
             }
             Content::Regular(erofs::File {
                 data:
@@ -161,7 +161,7 @@ fn ls(tree: &Tree, dir: InodeId, path: &mut Vec<u8>, out: &mut impl Write) -> io
                 ..
             }) => {
                 out.write_all(b"\t@ ")?;
-                out.write_all(&escape(r, false))?;
+                out.write_all(&dumpfile::escape_ls(r, false))?;
             }
             _ => {}
         }
@@ -172,22 +172,4 @@ fn ls(tree: &Tree, dir: InodeId, path: &mut Vec<u8>, out: &mut impl Write) -> io
         path.truncate(len);
     }
     Ok(())
-}
-
-/// composefs-info's escaping for `ls`: `\\ \n \r \t` spelled out, other
-/// bytes outside printable ASCII as `\xHH` (space kept as is when `keep_space`).
-fn escape(s: &[u8], keep_space: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    for &c in s {
-        match c {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b' ' if keep_space => out.push(c),
-            0x21..=0x7e => out.push(c),
-            _ => out.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
-        }
-    }
-    out
 }

@@ -236,6 +236,22 @@ fn cstr(b: &[u8]) -> &[u8] {
 }
 
 /// Parses an octal or base-256 numeric header field.
+/// A non-negative numeric header field, or an error naming the entry.
+fn header_number(
+    block: &[u8],
+    range: std::ops::Range<usize>,
+    field: &'static str,
+    entry: &EntryName,
+) -> Result<u64, LayerError> {
+    parse_numeric(&block[range.clone()])
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| LayerError::BadNumber {
+            entry: entry.clone(),
+            field,
+            value: String::from_utf8_lossy(&block[range]).into_owned(),
+        })
+}
+
 fn parse_numeric(field: &[u8]) -> Option<i64> {
     if let Some(&first) = field.first() {
         if first & 0x80 != 0 {
@@ -616,16 +632,9 @@ impl<I: Input> Parser<I> {
                     computed,
                 });
             }
-            let num =
-                |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
-                    parse_numeric(&block[range.clone()])
-                        .and_then(|v| u64::try_from(v).ok())
-                        .ok_or_else(|| LayerError::BadNumber {
-                            entry: entry.clone(),
-                            field,
-                            value: String::from_utf8_lossy(&block[range]).into_owned(),
-                        })
-                };
+            let num = |range: std::ops::Range<usize>, field: &'static str| {
+                header_number(&block, range, field, &entry)
+            };
             let header_size = num(124..136, "size field")?;
             let typeflag = hdr.typeflag();
             match typeflag {
@@ -692,16 +701,9 @@ impl<I: Input> Parser<I> {
             if typeflag == b'\0' && path.ends_with(b"/") {
                 kind = EntryKind::Directory;
             }
-            let num =
-                |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, LayerError> {
-                    parse_numeric(&block[range.clone()])
-                        .and_then(|v| u64::try_from(v).ok())
-                        .ok_or_else(|| LayerError::BadNumber {
-                            entry: entry.clone(),
-                            field,
-                            value: String::from_utf8_lossy(&block[range]).into_owned(),
-                        })
-                };
+            let num = |range: std::ops::Range<usize>, field: &'static str| {
+                header_number(&block, range, field, &entry)
+            };
             let id = |v: u64, field: &'static str| -> Result<u32, LayerError> {
                 u32::try_from(v).map_err(|_| LayerError::BadNumber {
                     entry: entry.clone(),
