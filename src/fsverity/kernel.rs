@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::io::Errno;
 
-use super::ioctl::{enable_verity, measure_verity};
+use crate::sys::{enable_verity, measure_verity};
 use super::{digest_bytes, Algorithm, Digest, BLOCK_SIZE};
 
 /// Failure of an fs-verity ioctl.
