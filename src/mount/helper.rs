@@ -62,9 +62,7 @@ pub fn parse_helper_args(args: &[OsString]) -> Result<HelperArgs, HelperError> {
                         let value = if rest.is_empty() {
                             it.next()
                                 .map(|v| v.to_string_lossy().into_owned())
-                                .ok_or_else(|| {
-                                    HelperError::Usage(format!("-{c} needs a value"))
-                                })?
+                                .ok_or_else(|| HelperError::Usage(format!("-{c} needs a value")))?
                         } else {
                             rest
                         };
@@ -84,7 +82,12 @@ pub fn parse_helper_args(args: &[OsString]) -> Result<HelperArgs, HelperError> {
                         }
                     }
                     'h' => return Err(HelperError::Usage(usage())),
-                    _ => return Err(HelperError::Usage(format!("unknown flag -{c}\n{}", usage()))),
+                    _ => {
+                        return Err(HelperError::Usage(format!(
+                            "unknown flag -{c}\n{}",
+                            usage()
+                        )))
+                    }
                 }
             }
         } else {
@@ -175,8 +178,8 @@ pub fn parse_options(s: &str) -> Result<MountOptions, HelperError> {
             "nodiratime" => o.attrs |= MountAttrFlags::MOUNT_ATTR_NODIRATIME,
             // Defaults, and fstab/userspace options util-linux may pass on.
             "defaults" | "suid" | "dev" | "exec" | "atime" | "diratime" | "relatime" | "auto"
-            | "noauto" | "nofail" | "user" | "nouser" | "users" | "owner" | "group"
-            | "_netdev" | "async" | "loud" | "silent" => {}
+            | "noauto" | "nofail" | "user" | "nouser" | "users" | "owner" | "group" | "_netdev"
+            | "async" | "loud" | "silent" => {}
             k if k.starts_with("x-") || k == "comment" => {}
             _ => return Err(bad(opt, "not a composefs mount option")),
         }
@@ -247,15 +250,28 @@ mod tests {
     #[test]
     fn errors_name_the_option() {
         let e = parse_helper_args(&args(&["-o", "basedir=/o,bogus=1", "i", "m"])).unwrap_err();
-        assert_eq!(e.to_string(), "option bogus=1: not a composefs mount option");
+        assert_eq!(
+            e.to_string(),
+            "option bogus=1: not a composefs mount option"
+        );
         let e = parse_helper_args(&args(&["-o", "digest=xyz", "i", "m"])).unwrap_err();
-        assert!(e.to_string().starts_with("option digest=xyz: not a digest"), "{e}");
+        assert!(
+            e.to_string().starts_with("option digest=xyz: not a digest"),
+            "{e}"
+        );
         let e = parse_helper_args(&args(&["-o", "upperdir=/u", "i", "m"])).unwrap_err();
-        assert_eq!(e.to_string(), "option upperdir/workdir: give both or neither");
+        assert_eq!(
+            e.to_string(),
+            "option upperdir/workdir: give both or neither"
+        );
         let e = parse_helper_args(&args(&["-o", "basedir=", "i", "m"])).unwrap_err();
         assert_eq!(e.to_string(), "option basedir: needs a value");
         let e = parse_helper_args(&args(&["only-one"])).unwrap_err();
-        assert!(e.to_string().starts_with("expected IMAGE and MOUNTPOINT, got 1"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("expected IMAGE and MOUNTPOINT, got 1"),
+            "{e}"
+        );
         let e = parse_helper_args(&args(&["-t", "ext4", "i", "m"])).unwrap_err();
         assert!(e.to_string().contains("not composefs"), "{e}");
     }

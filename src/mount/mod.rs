@@ -50,8 +50,8 @@ pub enum MountError {
     #[error("{}: fs-verity digest is {found}, expected {expected}", path.display())]
     WrongDigest {
         path: PathBuf,
-        found: Digest,
-        expected: Digest,
+        found: Box<Digest>,
+        expected: Box<Digest>,
     },
     #[error("{}: object directory: {source}", path.display())]
     ObjectDir { path: PathBuf, source: io::Error },
@@ -67,10 +67,10 @@ pub enum MountError {
     KernelTooOld { release: String },
     #[error("{}: cannot set up a loop device: {source}", path.display())]
     Loop { path: PathBuf, source: io::Error },
-    #[error("{step}: {source}{}", kernel_says(log))]
+    #[error("{step}: {cause}{}", kernel_says(log))]
     Kernel {
         step: String,
-        source: io::Error,
+        cause: io::Error,
         /// Messages the kernel left in the filesystem context's log.
         log: Vec<String>,
     },
@@ -88,14 +88,14 @@ impl MountError {
     fn kernel(step: impl Into<String>, e: rustix::io::Errno, fs: Option<&OwnedFd>) -> MountError {
         MountError::Kernel {
             step: step.into(),
-            source: e.into(),
+            cause: e.into(),
             log: fs.map(fs_log).unwrap_or_default(),
         }
     }
 
     fn errno(&self) -> Option<i32> {
         match self {
-            MountError::Kernel { source, .. } => source.raw_os_error(),
+            MountError::Kernel { cause, .. } => cause.raw_os_error(),
             _ => None,
         }
     }
@@ -122,6 +122,49 @@ fn fs_log(fs: &OwnedFd) -> Vec<String> {
         }
     }
     out
+}
+
+/// A position in the kernel log (`/dev/kmsg`), to pick up what a
+/// filesystem printed about a failed mount when it did not use the
+/// filesystem context's own log (EROFS reports a bad superblock so).
+struct KmsgCursor(Option<OwnedFd>);
+
+impl KmsgCursor {
+    fn here() -> KmsgCursor {
+        use rustix::fs::{open, seek, Mode, OFlags, SeekFrom};
+        let fd = open(
+            "/dev/kmsg",
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .filter(|fd| seek(fd, SeekFrom::End(0)).is_ok());
+        KmsgCursor(fd)
+    }
+
+    /// Messages logged since [`KmsgCursor::here`] that mention `tag`.
+    fn since(&self, tag: &str) -> Vec<String> {
+        let Some(fd) = &self.0 else { return vec![] };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..256 {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    // "prio,seq,usec,flags;message\n[continuation lines]"
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
+                    let msg = msg.lines().next().unwrap_or("").trim();
+                    if msg.contains(tag) && out.len() < 4 {
+                        out.push(msg.to_owned());
+                    }
+                }
+                // EPIPE: a record was overwritten; keep reading.
+                Err(rustix::io::Errno::PIPE) => continue,
+                _ => break,
+            }
+        }
+        out
+    }
 }
 
 /// fs-verity policy for a mount.
@@ -281,14 +324,14 @@ fn open_image(path: &Path, opts: &MountOptions) -> Result<Image, MountError> {
     }
     if let Some(expected) = &opts.expected_digest {
         let found = match &measured {
-            Some(d) if d.algorithm() == expected.algorithm() => d.clone(),
+            Some(d) if d.algorithm() == expected.algorithm() => *d,
             _ => fsverity::digest_file(expected.algorithm(), &file).map_err(img_err)?,
         };
         if &found != expected {
             return Err(MountError::WrongDigest {
                 path: path.into(),
-                found,
-                expected: expected.clone(),
+                found: Box::new(found),
+                expected: Box::new(*expected),
             });
         }
     }
@@ -307,13 +350,12 @@ fn fd_path(fd: &impl AsFd) -> PathBuf {
 
 /// One EROFS superblock from `source` (the image file or a loop device).
 fn erofs_from(source: &Path, image: &Image) -> Result<OwnedFd, MountError> {
-    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
-        MountError::NoFilesystem {
+    let fs =
+        fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
             fs: "EROFS",
             module: "erofs",
             source: e.into(),
-        }
-    })?;
+        })?;
     let p = image.path.display();
     fsconfig_set_string(&fs, "source", source)
         .map_err(|e| MountError::kernel(format!("{p}: EROFS source"), e, Some(&fs)))?;
@@ -323,8 +365,16 @@ fn erofs_from(source: &Path, image: &Image) -> Result<OwnedFd, MountError> {
         fsconfig_set_flag(&fs, "noacl")
             .map_err(|e| MountError::kernel("EROFS option noacl", e, Some(&fs)))?;
     }
-    fsconfig_create(&fs)
-        .map_err(|e| MountError::kernel(format!("{p}: EROFS refused the image"), e, Some(&fs)))?;
+    let kmsg = KmsgCursor::here();
+    if let Err(e) = fsconfig_create(&fs) {
+        let mut err = MountError::kernel(format!("{p}: EROFS refused the image"), e, Some(&fs));
+        if let MountError::Kernel { log, .. } = &mut err {
+            if log.is_empty() {
+                *log = kmsg.since("erofs");
+            }
+        }
+        return Err(err);
+    }
     Ok(fs)
 }
 
@@ -358,7 +408,7 @@ fn mount_erofs(image: &Image, opts: &MountOptions) -> Result<OwnedFd, MountError
     if let Some(ns) = &opts.idmap {
         let userns = File::open(ns).map_err(|e| MountError::Kernel {
             step: format!("idmap {}", ns.display()),
-            source: e,
+            cause: e,
             log: vec![],
         })?;
         crate::sys::mount_set_idmap(&mnt, &userns)
@@ -409,7 +459,7 @@ fn attach_private(mnt: OwnedFd) -> Result<Lower, MountError> {
         .tempdir_in(&base)
         .map_err(|e| MountError::Kernel {
             step: format!("temporary directory in {}", base.display()),
-            source: e,
+            cause: e,
             log: vec![],
         })?;
     move_mount(
@@ -419,7 +469,9 @@ fn attach_private(mnt: OwnedFd) -> Result<Lower, MountError> {
         dir.path(),
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| MountError::kernel(format!("attach EROFS at {}", dir.path().display()), e, None))?;
+    .map_err(|e| {
+        MountError::kernel(format!("attach EROFS at {}", dir.path().display()), e, None)
+    })?;
     let lower = Lower::Private(dir);
     rustix::mount::mount_change(lower.path(), rustix::mount::MountPropagationFlags::PRIVATE)
         .map_err(|e| MountError::kernel("make the EROFS mount private", e, None))?;
@@ -439,18 +491,13 @@ fn escape_layer(p: &Path) -> String {
 }
 
 /// Builds the overlay over the EROFS layer and returns it detached.
-fn mount_overlay(
-    lower: &Path,
-    image: &Image,
-    opts: &MountOptions,
-) -> Result<OwnedFd, MountError> {
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
-        MountError::NoFilesystem {
+fn mount_overlay(lower: &Path, image: &Image, opts: &MountOptions) -> Result<OwnedFd, MountError> {
+    let fs =
+        fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::NoFilesystem {
             fs: "overlayfs",
             module: "overlay",
             source: e.into(),
-        }
-    })?;
+        })?;
     let set = |k: &str, v: &str| {
         fsconfig_set_string(&fs, k, v)
             .map_err(|e| MountError::kernel(format!("overlay option {k}={v}"), e, Some(&fs)))
@@ -525,7 +572,7 @@ pub fn mount_composefs_detached(image: &Path, opts: &MountOptions) -> Result<Own
     if opts.upperdir.is_some() != opts.workdir.is_some() {
         return Err(MountError::Kernel {
             step: "overlay".into(),
-            source: io::Error::new(
+            cause: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "upperdir and workdir go together",
             ),
@@ -549,7 +596,9 @@ pub fn mount_composefs_detached(image: &Path, opts: &MountOptions) -> Result<Own
         .map_err(|e| MountError::kernel("dup EROFS mount", e, None))?;
     let lower = Lower::Detached(erofs);
     match mount_overlay(&lower.path(), &image, opts) {
-        Err(e) if opts.lower_attach == LowerAttach::Auto && e.errno() == Some(libc_errno::EINVAL) => {
+        Err(e)
+            if opts.lower_attach == LowerAttach::Auto && e.errno() == Some(libc_errno::EINVAL) =>
+        {
             drop((lower, e));
             let lower = attach_private(spare)?;
             mount_overlay(&lower.path(), &image, opts)
@@ -618,7 +667,10 @@ mod tests {
         assert_eq!("require".parse::<Verity>().unwrap(), Verity::Require);
         assert_eq!("try".parse::<Verity>().unwrap(), Verity::Try);
         assert_eq!("off".parse::<Verity>().unwrap(), Verity::Off);
-        assert!("on".parse::<Verity>().unwrap_err().contains("require, try or off"));
+        assert!("on"
+            .parse::<Verity>()
+            .unwrap_err()
+            .contains("require, try or off"));
     }
 
     #[test]
