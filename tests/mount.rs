@@ -404,6 +404,34 @@ fn strata_mount_shows_repository_image() {
         }
         assert_eq!(mounted.len(), source.len());
     }
+    // The `lowerdir=L::D` string form (kernels without `lowerdir+`), from
+    // the library, on a path that needs escaping.
+    let odd = tmp.path().join("objects, with: odd chars");
+    fs::rename(repo.join("objects"), &odd).unwrap();
+    for attach in [
+        strata::mount::LowerAttach::Detached,
+        strata::mount::LowerAttach::Private,
+    ] {
+        let opts = MountOptions {
+            basedirs: vec![odd.clone()],
+            lowerdir_string: true,
+            lower_attach: attach,
+            ..Default::default()
+        };
+        mount_composefs(&odd.join(&id[..2]).join(&id[2..]), &mnt, &opts).unwrap();
+        let guard = Mounted(&mnt);
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let diffs = common::diff_mount(&mnt, &read, Some(&odd));
+        drop(guard);
+        assert!(
+            diffs.is_empty(),
+            "lowerdir string, {attach:?}: {}",
+            diffs.join("\n")
+        );
+        assert!(info.contains("lowerdir=") && info.contains("::"), "{info}");
+    }
+    fs::rename(&odd, repo.join("objects")).unwrap();
+
     // The comparison can fail: a changed object shows up as different bytes.
     let obj = {
         let mut objs = walkdir(&repo.join("objects"));

@@ -239,6 +239,9 @@ pub struct MountOptions {
     pub attrs: MountAttrFlags,
     pub erofs_source: ErofsSource,
     pub lower_attach: LowerAttach,
+    /// Give overlayfs its layers as one `lowerdir=L::D1::D2` string (the
+    /// form kernels without `lowerdir+` need) even when `lowerdir+` works.
+    pub lowerdir_string: bool,
 }
 
 impl Default for MountOptions {
@@ -254,6 +257,7 @@ impl Default for MountOptions {
             attrs: MountAttrFlags::empty(),
             erofs_source: ErofsSource::default(),
             lower_attach: LowerAttach::default(),
+            lowerdir_string: false,
         }
     }
 }
@@ -525,7 +529,12 @@ fn mount_overlay(lower: &Path, image: &Image, opts: &MountOptions) -> Result<Own
             });
         }
     }
-    match fsconfig_set_string(&fs, "lowerdir+", lower) {
+    let appended = if opts.lowerdir_string {
+        Err(rustix::io::Errno::INVAL)
+    } else {
+        fsconfig_set_string(&fs, "lowerdir+", lower)
+    };
+    match appended {
         Ok(()) => {
             for d in &opts.basedirs {
                 fsconfig_set_string(&fs, "datadir+", d.as_path()).map_err(|e| {
@@ -671,6 +680,28 @@ mod tests {
             .parse::<Verity>()
             .unwrap_err()
             .contains("require, try or off"));
+    }
+
+    #[test]
+    fn old_kernel_message_names_the_minimum() {
+        let e = MountError::KernelTooOld {
+            release: "6.1.0-28-amd64".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Linux 6.1.0-28-amd64 is too old: strata needs 6.12 or newer (file-backed EROFS, data-only overlay layers, verity=require)"
+        );
+        let e = MountError::NoFilesystem {
+            fs: "EROFS",
+            module: "erofs",
+            source: io::Error::from_raw_os_error(19),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("this kernel has no EROFS support ("),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("try `modprobe erofs`"), "{e}");
     }
 
     #[test]

@@ -171,7 +171,10 @@ pub fn pull(
     let trace = std::env::var_os("STRATA_TRACE").is_some();
     let stage = |what: &str| {
         if trace {
-            eprintln!("strata: trace: {:>8.3} s {what}", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "strata: trace: {:>8.3} s {what}",
+                t0.elapsed().as_secs_f64()
+            );
         }
     };
     stage("resolved");
