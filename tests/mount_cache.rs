@@ -271,8 +271,11 @@ fn shared_file_is_cached_once_across_mounts() {
         res1 >= nearly_all,
         "object after read 1: {res1} bytes resident"
     );
+    // (/proc/meminfo is machine-wide: other work adds noise of some MiB
+    // either way, so the bounds leave room while still telling a shared
+    // read (≈ 0) from an unshared one (≈ 100 MiB).)
     assert!(
-        grew1 >= (BIG as i64) * 9 / 10,
+        grew1 >= (BIG as i64) * 6 / 10,
         "Cached grew only {grew1} bytes over the first read; the measurement is not seeing page cache"
     );
     // Mount 2's file is the same page cache.
@@ -285,7 +288,7 @@ fn shared_file_is_cached_once_across_mounts() {
         "object after read 2: {res2} bytes resident"
     );
     assert!(
-        grew2 < 16 << 20,
+        grew2 < (BIG as i64) * 3 / 10,
         "Cached grew {grew2} bytes over the read through mount 2: its pages were not shared"
     );
 

@@ -635,3 +635,49 @@ fn full_disk_and_read_only_filesystem() {
     let (clean, v) = fsck_json(&repo);
     assert!(clean, "{v}");
 }
+
+/// A relative source directory, and `.`, are that directory: its own
+/// xattrs become the image root's, from create-image and mkcomposefs alike.
+#[test]
+fn relative_source_directories() {
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-rel-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    fs::create_dir_all(t.join("a/sub")).unwrap();
+    fs::write(t.join("a/sub/f"), b"hello\n").unwrap();
+    if rustix::fs::setxattr(
+        t.join("a"),
+        "user.rootmark",
+        b"yes",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("SKIP: no user xattrs on /var/tmp");
+        return;
+    }
+    let run = |dir: &Path, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&o)
+    };
+    let root_line = |dump: &str| dump.lines().next().unwrap().to_string();
+    run(t, &["--repo", "r1", "create-image", "a", "x"]);
+    let d1 = run(t, &["--repo", "r1", "dump", "x"]);
+    assert!(root_line(&d1).ends_with(" user.rootmark=yes"), "{d1}");
+    assert!(d1.contains("/sub/f "), "{d1}");
+    run(&t.join("a"), &["--repo", "../r2", "create-image", ".", "y"]);
+    let d2 = run(t, &["--repo", "r2", "dump", "y"]);
+    assert_eq!(d1, d2);
+    run(
+        &t.join("a"),
+        &["mkcomposefs", "--digest-store=../st", ".", "../o.cfs"],
+    );
+    let d3 = run(t, &["composefs-info", "dump", "o.cfs"]);
+    assert_eq!(d1, d3);
+}

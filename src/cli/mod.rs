@@ -136,7 +136,8 @@ enum Command {
         /// when the repository is verity-enforced), off.
         #[arg(long, default_value = "try", value_name = "POLICY")]
         verity: crate::mount::Verity,
-        /// The image file's fs-verity digest must be this [default: the image id].
+        /// The image file's fs-verity digest must be this (hashed here when the file has no
+        /// fs-verity). Without it, the image id is checked whenever the kernel can measure it.
         #[arg(long, value_name = "ID")]
         digest: Option<String>,
         /// Writable overlay: directory that receives changes (needs --workdir, same filesystem).

@@ -37,12 +37,16 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
         Verity::Try if enforced => Verity::Require,
         v => v,
     };
-    let expected = match a.digest {
-        Some(d) => d
-            .parse::<Digest>()
-            .with_context(|| format!("--digest {d}"))?,
-        // Images are named by their fs-verity digest: check the file is it.
-        None => id,
+    // Images are named by their fs-verity digest: the file must be it.
+    // Without fs-verity on the file that means hashing it, done only when
+    // asked (--digest): it is most of a mount's time for a large image.
+    let (expected, hash_unverified) = match a.digest {
+        Some(d) => (
+            d.parse::<Digest>()
+                .with_context(|| format!("--digest {d}"))?,
+            true,
+        ),
+        None => (id, false),
     };
     let opts = MountOptions {
         basedirs: vec![g.repo.join("objects")],
@@ -51,6 +55,7 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
         readonly: a.upperdir.is_none(),
         verity,
         expected_digest: Some(expected),
+        hash_unverified,
         erofs_source: if a.force_loop {
             ErofsSource::Loop
         } else {

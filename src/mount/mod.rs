@@ -232,6 +232,10 @@ pub struct MountOptions {
     /// The image file's fs-verity digest must be this (measured by the
     /// kernel when the file has fs-verity, computed here otherwise).
     pub expected_digest: Option<Digest>,
+    /// Without kernel fs-verity on the image, hash it here to check
+    /// `expected_digest` (otherwise the pin is only checked when the kernel
+    /// can measure it for free).
+    pub hash_unverified: bool,
     /// A user namespace file (`/proc/PID/ns/user`) whose id mapping the
     /// image's files are shown with.
     pub idmap: Option<PathBuf>,
@@ -253,6 +257,7 @@ impl Default for MountOptions {
             readonly: true,
             verity: Verity::default(),
             expected_digest: None,
+            hash_unverified: true,
             idmap: None,
             attrs: MountAttrFlags::empty(),
             erofs_source: ErofsSource::default(),
@@ -328,10 +333,13 @@ fn open_image(path: &Path, opts: &MountOptions) -> Result<Image, MountError> {
     }
     if let Some(expected) = &opts.expected_digest {
         let found = match &measured {
-            Some(d) if d.algorithm() == expected.algorithm() => *d,
-            _ => fsverity::digest_file(expected.algorithm(), &file).map_err(img_err)?,
+            Some(d) if d.algorithm() == expected.algorithm() => Some(*d),
+            _ if opts.hash_unverified => {
+                Some(fsverity::digest_file(expected.algorithm(), &file).map_err(img_err)?)
+            }
+            _ => None,
         };
-        if &found != expected {
+        if let Some(found) = found.filter(|f| f != expected) {
             return Err(MountError::WrongDigest {
                 path: path.into(),
                 found: Box::new(found),
@@ -653,12 +661,25 @@ pub fn attach(mnt: &OwnedFd, target: &Path) -> Result<(), MountError> {
     })
 }
 
-/// Unmounts `target` (a busy mount is an error, not detached lazily).
+/// Unmounts `target`. A busy mount is an error, not detached lazily; but
+/// `EBUSY` is retried for a moment first, because a child forked by some
+/// other thread briefly holds copies of open descriptors until it execs.
 pub fn unmount(target: &Path) -> Result<(), MountError> {
-    rustix::mount::unmount(target, UnmountFlags::empty()).map_err(|e| MountError::MountPoint {
-        path: target.into(),
-        source: e.into(),
-    })
+    let mut tries = 0;
+    loop {
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
+            Err(rustix::io::Errno::BUSY) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => {
+                return r.map_err(|e| MountError::MountPoint {
+                    path: target.into(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]

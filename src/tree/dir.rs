@@ -229,18 +229,10 @@ fn scan_feeding(
         ));
     }
     let dir = open_dir(rustix::fs::CWD, root, root)?;
-    let parent_path = root
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let root_xattrs = {
-        // The root's xattrs are read through its parent (or by path).
-        let pfd = fs::File::open(&parent_path).ok();
-        match (pfd, root.file_name()) {
-            (Some(pfd), Some(name)) => read_xattrs(&pfd, name, root, opts)?,
-            _ => read_xattrs_by_path(root, opts)?,
-        }
-    };
+    // The root's own xattrs, through the directory just opened (`N/.`),
+    // so a relative source or `.` means that directory, not the parent's
+    // entry of the same name.
+    let root_xattrs = read_xattrs(&dir, OsStr::new("."), root, opts)?;
     let mut root_stat = stat_of(&st, opts);
     root_stat.nlink = 2;
     let mut b = TreeBuilder::new(root_stat);
@@ -269,12 +261,6 @@ fn scan_feeding(
         )
     })?;
     Ok(Scan { tree, pending })
-}
-
-fn read_xattrs_by_path(path: &Path, opts: &ScanOptions) -> Result<Vec<Xattr>, ScanError> {
-    let parent = fs::File::open("/").map_err(|e| ScanError::new(path, "open", e))?;
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    read_xattrs(&parent, rel.as_os_str(), path, opts)
 }
 
 fn open_dir<Fd: std::os::fd::AsFd>(
