@@ -771,3 +771,98 @@ fn util_linux_mount_t_composefs() {
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(e.contains("/nonexistent-objects: object directory"), "{e}");
 }
+
+/// `idmap=`: the image's owners are shown through a user namespace's id
+/// mapping (an idmapped EROFS layer), contents unchanged.
+#[test]
+fn idmapped_mount_shifts_owners() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-idmap-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    // A process in a new user namespace mapping 0..65536 to 200000..265536.
+    let pidfile = t.join("ns.pid");
+    let mut holder = match Command::new("unshare")
+        .args(["-U", "--", "sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 60", pidfile.display()))
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIP: cannot run unshare: {e}");
+            return;
+        }
+    };
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Kill(&mut holder);
+    let mut pid = String::new();
+    for _ in 0..200 {
+        pid = fs::read_to_string(&pidfile).unwrap_or_default();
+        if pid.ends_with('\n') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = pid.trim().to_string();
+    assert!(!pid.is_empty(), "unshare did not start");
+    let ns = PathBuf::from(format!("/proc/{pid}/ns/user"));
+    if fs::read_link(&ns).unwrap() == fs::read_link("/proc/self/ns/user").unwrap() {
+        eprintln!("SKIP: user namespaces unavailable");
+        return;
+    }
+    fs::write(format!("/proc/{pid}/uid_map"), "0 200000 65536\n").unwrap();
+    fs::write(format!("/proc/{pid}/gid_map"), "0 200000 65536\n").unwrap();
+    let image = repo.join("images").join(&id);
+    let o = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("mount-helper")
+        .arg(&image)
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!(
+            "basedir={},idmap={}",
+            repo.join("objects").display(),
+            ns.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let guard = Mounted(&mnt);
+    let root = fs::metadata(&mnt).unwrap();
+    let small = fs::symlink_metadata(mnt.join("small")).unwrap();
+    // big.bin is 100000:70000 in the source: outside the 0..65536 range,
+    // so it has no mapping and shows as the overflow id.
+    let big = fs::metadata(mnt.join("usr/lib/big.bin")).unwrap();
+    let data = fs::read(mnt.join("usr/lib/big.bin")).unwrap();
+    drop(guard);
+    drop(holder);
+    let src_small = fs::symlink_metadata(src.join("small")).unwrap();
+    assert_eq!(
+        (root.uid(), root.gid()),
+        (
+            200000 + fs::metadata(&src).unwrap().uid(),
+            200000 + fs::metadata(&src).unwrap().gid()
+        )
+    );
+    assert_eq!(small.uid(), 200000 + src_small.uid());
+    assert_eq!(
+        (big.uid(), big.gid()),
+        (65534, 65534),
+        "unmapped ids show as overflow"
+    );
+    assert_eq!(data, fs::read(src.join("usr/lib/big.bin")).unwrap());
+}
