@@ -3,6 +3,7 @@
 //! Data flows one way: oci → tree → repo/erofs → mount. This crate holds the
 //! stages above the EROFS format crate (`erofs`).
 
+pub mod boot;
 pub mod cli;
 pub mod dumpfile;
 pub mod fsverity;
