@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs strata and its drop-in names: mkcomposefs, composefs-info (and,
-# once mounting lands, mount.composefs) as symlinks to the one binary.
-# Usage: contrib/install.sh [PREFIX]   (default /usr/local; binary from target/release)
+# Installs strata and its drop-in names as symlinks to the one binary:
+#   PREFIX/bin/mkcomposefs, PREFIX/bin/composefs-info   (composefs C's tools)
+#   SBINDIR/mount.composefs                              (so `mount -t composefs` and
+#                                                          fstab lines run strata)
+# Usage: contrib/install.sh [PREFIX]   (default /usr/local; SBINDIR default /sbin,
+#        where util-linux mount(8) looks for helpers; binary from target/release)
 set -euo pipefail
 prefix=${1:-/usr/local}
+sbindir=${SBINDIR:-/sbin}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin="$here/target/release/strata"
 [ -x "$bin" ] || { echo "install.sh: build first: cargo build --release" >&2; exit 1; }
@@ -11,4 +15,10 @@ install -D -m 0755 "$bin" "$prefix/bin/strata"
 for name in mkcomposefs composefs-info; do
   ln -sfn strata "$prefix/bin/$name"
 done
-echo "installed $prefix/bin/strata (+ mkcomposefs, composefs-info)"
+mkdir -p "$sbindir"
+if [ -e "$sbindir/mount.composefs" ] && [ ! -L "$sbindir/mount.composefs" ]; then
+  echo "install.sh: $sbindir/mount.composefs exists and is not a symlink (composefs C?); left alone" >&2
+else
+  ln -sfn "$prefix/bin/strata" "$sbindir/mount.composefs"
+fi
+echo "installed $prefix/bin/strata (+ mkcomposefs, composefs-info, $sbindir/mount.composefs)"

@@ -46,14 +46,6 @@ pub enum BootError {
     NoSuchImage { id: String, repo: PathBuf },
     #[error("image {id}: fs-verity is required, but the repository {} does not enforce it (use composefs=?{id} to boot without)", repo.display())]
     RepoNotVerity { id: String, repo: PathBuf },
-    #[error("image {id}: fs-verity is required, but {} has none", path.display())]
-    ImageNoVerity { id: String, path: PathBuf },
-    #[error("image {id}: {} has digest {actual} (tampered or wrong image)", path.display())]
-    ImageDigest {
-        id: String,
-        path: PathBuf,
-        actual: String,
-    },
     #[error("image {id} has no /{dir} directory to mount on")]
     MissingDir { id: String, dir: &'static str },
     #[error("{}: not a mount point (mount the physical root there first)", .0.display())]

@@ -11,7 +11,7 @@ use rustix::mount::{
 };
 
 use super::{io_err, BootError, ComposefsArg, VerityPolicy};
-use crate::fsverity;
+use crate::mount::Verity;
 use crate::repo::{LockMode, RepoError, Repository};
 
 /// Where things are. Only `sysroot` and `arg` have no default.
@@ -37,7 +37,8 @@ pub struct SetupReport {
     pub root: PathBuf,
     /// The deployment's state directory.
     pub state: PathBuf,
-    /// Whether overlayfs enforces fs-verity on every object (`verity=require`).
+    /// Whether fs-verity was required on the image and every object
+    /// (overlayfs `verity=require`); else it is used where present.
     pub verity: bool,
 }
 
@@ -81,38 +82,6 @@ fn is_mount_point(p: &Path) -> Result<bool, BootError> {
             != std::os::unix::fs::MetadataExt::dev(&parent)
             || p == Path::new("/"),
     )
-}
-
-/// Checks the image file's fs-verity digest against its id (the kernel's
-/// measurement; without one, and only if verity is optional, the userspace
-/// digest of its bytes).
-fn check_image_digest(path: &Path, arg: &ComposefsArg, id: &str) -> Result<(), BootError> {
-    let f = fs::File::open(path).map_err(io_err("open image", path))?;
-    let measured = match fsverity::measure(f.as_fd()) {
-        Ok(m) => m,
-        Err(e) if e.is_not_supported() => None,
-        Err(e) => return Err(io_err("measure fs-verity of", path)(e.into())),
-    };
-    let actual = match measured {
-        Some(d) => d,
-        None if arg.verity == VerityPolicy::Required => {
-            return Err(BootError::ImageNoVerity {
-                id: id.into(),
-                path: path.into(),
-            })
-        }
-        None => {
-            fsverity::digest_file(arg.id.algorithm(), &f).map_err(io_err("read image", path))?
-        }
-    };
-    if actual != arg.id {
-        return Err(BootError::ImageDigest {
-            id: id.into(),
-            path: path.into(),
-            actual: actual.to_hex(),
-        });
-    }
-    Ok(())
 }
 
 fn require_dir(root: &Path, dir: &'static str, id: &str) -> Result<PathBuf, BootError> {
@@ -197,7 +166,6 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
         });
     }
     let image = repo.image_path(&image_id);
-    check_image_digest(&image, &opts.arg, &id)?;
     let objects = repo_path.join("objects");
     drop(repo);
 
@@ -220,10 +188,17 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
         staging: Some(staging.clone()),
         armed: true,
     };
+    // The image's digest is checked against its id whatever the policy
+    // (measured by the kernel, or computed where the file has no fs-verity).
     let mopts = crate::mount::MountOptions {
         basedirs: vec![objects],
         readonly: true,
-        require_verity: require,
+        verity: if require {
+            Verity::Require
+        } else {
+            Verity::Try
+        },
+        expected_digest: Some(opts.arg.id.clone()),
         ..Default::default()
     };
     crate::mount::mount_composefs(&image, &staging, &mopts).map_err(|e| BootError::Mount {

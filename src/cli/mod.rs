@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod info;
 pub mod mkcomposefs;
+pub mod mount;
 pub mod oci;
 pub mod repo;
 
@@ -119,6 +120,53 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Mount an image (by name or id) read-only, or writable with --upperdir/--workdir.
+    ///
+    /// The image's EROFS is the overlay's lower layer and the repository's
+    /// objects its data-only layer: identical files in different images
+    /// are one file, cached once. Unmount with `strata umount` or umount(8).
+    #[command(after_help = "Examples:\n  strata mount myroot /mnt\n  \
+                            strata mount --upperdir /srv/c1/upper --workdir /srv/c1/work myroot /srv/c1/root\n  \
+                            strata umount /mnt")]
+    Mount {
+        /// Image name or id.
+        name: String,
+        /// Directory to mount on.
+        mountpoint: std::path::PathBuf,
+        /// fs-verity: require (refuse unless every object is verity-checked), try (require
+        /// when the repository is verity-enforced), off.
+        #[arg(long, default_value = "try", value_name = "POLICY")]
+        verity: crate::mount::Verity,
+        /// The image file's fs-verity digest must be this [default: the image id].
+        #[arg(long, value_name = "ID")]
+        digest: Option<String>,
+        /// Writable overlay: directory that receives changes (needs --workdir, same filesystem).
+        #[arg(long, value_name = "DIR", requires = "workdir")]
+        upperdir: Option<std::path::PathBuf>,
+        /// Empty work directory for overlayfs, on the upper dir's filesystem.
+        #[arg(long, value_name = "DIR", requires = "upperdir")]
+        workdir: Option<std::path::PathBuf>,
+        /// Read the image through a loop device even when EROFS can read the file.
+        #[arg(long, hide = true)]
+        force_loop: bool,
+        /// Attach the EROFS to a private directory (as on Linux < 6.15).
+        #[arg(long, hide = true)]
+        private_lower: bool,
+    },
+    /// Unmount what `strata mount` mounted.
+    Umount {
+        /// Mount point.
+        mountpoint: std::path::PathBuf,
+    },
+    /// Mount like composefs C's mount.composefs: IMAGE MOUNTPOINT -o basedir=DIR[:DIR…],….
+    ///
+    /// Options: basedir=, digest=, verity, tryverity, upperdir=, workdir=, idmap=, ro, rw.
+    /// Installed as /sbin/mount.composefs, it serves `mount -t composefs` and fstab.
+    #[command(name = "mount-helper", disable_help_flag = true)]
+    MountHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Build an image like composefs C's mkcomposefs (same flags, same bytes).
     #[command(disable_help_flag = true)]
     Mkcomposefs {
@@ -182,6 +230,7 @@ pub fn main() -> ExitCode {
     match name.as_str() {
         "mkcomposefs" => return finish("mkcomposefs", mkcomposefs::run(argv)),
         "composefs-info" => return finish("composefs-info", info::run(argv)),
+        "mount.composefs" => return finish("mount.composefs", mount::helper(&argv[1..])),
         _ => {}
     }
     let cli = Cli::parse_from(&argv);
@@ -217,6 +266,32 @@ pub fn main() -> ExitCode {
         Command::Gc { dry_run } => repo::gc(&g, *dry_run),
         Command::Fsck { repair } => repo::fsck(&g, *repair),
         Command::SetupRoot(a) => boot::setup_root(g.quiet, cli.repo.clone(), a),
+        Command::Mount {
+            name,
+            mountpoint,
+            verity,
+            digest,
+            upperdir,
+            workdir,
+            force_loop,
+            private_lower,
+        } => mount::mount(
+            &g,
+            &mount::MountArgs {
+                name,
+                target: mountpoint,
+                verity: *verity,
+                digest: digest.as_deref(),
+                upperdir: upperdir.as_deref(),
+                workdir: workdir.as_deref(),
+                force_loop: *force_loop,
+                private_lower: *private_lower,
+            },
+        ),
+        Command::Umount { mountpoint } => mount::umount(mountpoint),
+        Command::MountHelper { args } => {
+            return finish("strata mount-helper", mount::helper(args));
+        }
         Command::Mkcomposefs { args } => {
             return finish(
                 "strata mkcomposefs",

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::io::Errno;
 
-use super::ioctl::{enable_verity, measure_verity};
 use super::{digest_bytes, Algorithm, Digest, BLOCK_SIZE};
+use crate::sys::{enable_verity, measure_verity};
 
 /// Failure of an fs-verity ioctl.
 #[derive(Debug, thiserror::Error)]

@@ -27,12 +27,8 @@
 //!   ([`VerityError::NotSupported`], [`Support::NotSupported`]) rather than a
 //!   generic I/O error.
 
-#![deny(unsafe_code)]
-
 mod digest;
 mod hasher;
-#[allow(unsafe_code)]
-mod ioctl;
 mod kernel;
 
 pub use digest::{Digest, ParseDigestError};
