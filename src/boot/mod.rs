@@ -53,7 +53,7 @@ pub enum BootError {
     #[error("mount image {id}: {source}")]
     Mount {
         id: String,
-        source: crate::mount::MountError,
+        source: Box<crate::mount::MountError>,
     },
     #[error("{step} {}: {source}{}", path.display(), hint(source))]
     Io {

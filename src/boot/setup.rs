@@ -203,7 +203,7 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
     };
     crate::mount::mount_composefs(&image, &staging, &mopts).map_err(|e| BootError::Mount {
         id: id.clone(),
-        source: e,
+        source: Box::new(e),
     })?;
     undo.mounts.push(staging.clone());
     let new_etc = require_dir(&staging, "etc", &id)?;
