@@ -97,7 +97,7 @@ else
     check mount-verity-require FAIL "$(echo "$out" | oneline)"
 fi
 if out=$($S mount pulled /mnt/pulled --verity require 2>&1); then
-    if bad=$(content_ok /mnt/pulled $P/oci.sha256); then check mount-pulled-image PASS
+    if bad=$(content_ok /mnt/pulled $P/oci.sha256); then check mount-pulled-image PASS "$(wc -l <$P/oci.sha256) files as in the layers (whiteout applied)"
     else check mount-pulled-image FAIL "content: $bad"; fi
     umount /mnt/pulled
 else
@@ -155,7 +155,7 @@ if VID=$($S create-image $P/victim victim 2>/tmp/err); then
         good=$(sha256sum </mnt/victim/untouched.txt | cut -d' ' -f1)
         if cat /mnt/victim/replaced.bin >/dev/null 2>/tmp/err; then
             check verity-replaced-object-eio FAIL "a non-verity object was readable"
-        elif grep -q 'I/O error' /tmp/err && [ "$good" = "$(sha256sum <$P/victim/untouched.txt | cut -d' ' -f1)" ]; then
+        elif grep -q 'Input/output error' /tmp/err && [ "$good" = "$(sha256sum <$P/victim/untouched.txt | cut -d' ' -f1)" ]; then
             check verity-replaced-object-eio PASS "$(oneline </tmp/err)"
         else
             check verity-replaced-object-eio FAIL "$(oneline </tmp/err); untouched file: $good"

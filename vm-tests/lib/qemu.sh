@@ -88,15 +88,15 @@ report_guest() {
         status=$(echo "$line" | awk '{ print $4 }')
         detail=$(echo "$line" | cut -d' ' -f5- | cut -c1-160)
         printf '  %-4s  %-30s %s\n' "$status" "$c" "$detail"
-        if [ "$status" = PASS ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILED_NAMES+=("$c"); fi
+        if [ "$status" = PASS ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name/$c"); fi
     done < <(grep -E '^[0-9.]+ STRATA-CHECK ' "$logf" || true)
     for c in $expected; do
         grep -qE "^[0-9.]+ STRATA-CHECK $c " "$logf" && continue
         printf '  %-4s  %-30s %s\n' FAIL "$c" "no result (guest $GUEST_STATUS)"
-        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$c")
+        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name/$c")
     done
     if [ -z "$done_at" ] && [ "$GUEST_STATUS" = ok ]; then
         log "guest '$name' stopped without STRATA-DONE; see $logf"
-        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name-finished")
+        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name/finished")
     fi
 }
