@@ -97,7 +97,7 @@ else
     check mount-verity-require FAIL "$(echo "$out" | oneline)"
 fi
 if out=$($S mount pulled /mnt/pulled --verity require 2>&1); then
-    if bad=$(content_ok /mnt/pulled $P/oci.sha256); then check mount-pulled-image PASS "$(wc -l <$P/oci.sha256) files as in the layers (whiteout applied)"
+    if bad=$(content_ok /mnt/pulled $P/oci.sha256) && [ ! -e /mnt/pulled/etc/gone ]; then check mount-pulled-image PASS "$(wc -l <$P/oci.sha256) files as in the layers (whiteout applied)"
     else check mount-pulled-image FAIL "content: $bad"; fi
     umount /mnt/pulled
 else

@@ -6,13 +6,15 @@ MUSL=x86_64-unknown-linux-musl
 
 # Builds strata for the guest; sets STRATA_BIN and STRATA_KIND (musl|glibc).
 build_strata() {
-    local cargo_out
+    local cargo_out mode=${VM_TESTS_BUILD:-auto}
     cargo_out=$WORK/cargo.log
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL" && command -v rustup >/dev/null; then
+    case $mode in auto | musl | glibc) ;; *) die "VM_TESTS_BUILD must be auto, musl or glibc" ;; esac
+    if [ "$mode" != glibc ] && ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL" && command -v rustup >/dev/null; then
         log "rustup target add $MUSL"
         rustup target add "$MUSL" >"$cargo_out" 2>&1 || log "note: cannot add $MUSL; using the glibc build"
     fi
-    if rustup target list --installed 2>/dev/null | grep -qx "$MUSL" && command -v musl-gcc >/dev/null; then
+    if [ "$mode" != glibc ] && rustup target list --installed 2>/dev/null | grep -qx "$MUSL" &&
+        command -v musl-gcc >/dev/null; then
         log "building strata (static, $MUSL)"
         # zstd-sys compiles C: musl-gcc. No LTO and no debug info: a faster build
         # for a binary that runs a handful of small operations.
@@ -25,6 +27,7 @@ build_strata() {
         tail -5 "$cargo_out" >&2
         log "note: musl build failed; using the glibc build"
     fi
+    [ "$mode" != musl ] || die "VM_TESTS_BUILD=musl, but the $MUSL build is not possible here (see $cargo_out)"
     log "building strata (glibc; its libraries go into the initramfs)"
     (cd "$SRC" && cargo build -q --release --bin strata) >"$cargo_out" 2>&1 ||
         { tail -20 "$cargo_out" >&2; die "cargo build failed"; }

@@ -79,8 +79,14 @@ report_guest() {
         TIMINGS+=("$name: boot-to-result ${done_at} s, guest uptime ${up} s")
     fi
     case $GUEST_STATUS in
-        timeout) log "guest '$name': TIMEOUT after $TIMEOUT s; last lines of $logf:"; tail -5 "$logf" | sed 's/^/    /' >&2 ;;
-        crash) log "guest '$name': kernel crash:"; grep -E 'Kernel panic|Oops|BUG: |double fault|RIP:' "$logf" | head -5 | sed 's/^/    /' >&2 ;;
+        timeout)
+            log "guest '$name': TIMEOUT after $TIMEOUT s (hung); last lines of $logf:"
+            tail -5 "$logf" | sed 's/^/    /' >&2
+            PROBLEMS+=("guest '$name' hung: no result within $TIMEOUT s (VM_TESTS_TIMEOUT)") ;;
+        crash)
+            log "guest '$name': kernel crash:"
+            grep -E 'Kernel panic|Oops|BUG: |double fault|RIP:' "$logf" | head -5 | sed 's/^/    /' >&2
+            PROBLEMS+=("guest '$name': kernel crash (see $logf)") ;;
     esac
     # results in the order the guest printed them, then expected ones it never printed
     while read -r line; do
