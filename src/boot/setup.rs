@@ -198,7 +198,7 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
         } else {
             Verity::Try
         },
-        expected_digest: Some(opts.arg.id.clone()),
+        expected_digest: Some(opts.arg.id),
         ..Default::default()
     };
     crate::mount::mount_composefs(&image, &staging, &mopts).map_err(|e| BootError::Mount {

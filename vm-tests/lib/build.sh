@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by vm-tests/run
 # Host-side builds: the strata binary for the guest, the test payload (trees,
 # an OCI layout, expected hashes, the root image tree) and the initramfs.
 

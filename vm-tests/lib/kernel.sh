@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by vm-tests/run
 # Distro kernel for the guests: a Debian linux-image package, unpacked with
 # dpkg -x into the cache (never installed), plus the modules the guests load,
 # decompressed (busybox insmod reads plain .ko only).
@@ -99,7 +100,7 @@ modules_dir() {
 # Decompresses GUEST_MODULES and their dependencies into $CACHE/modules/<version>,
 # with load-order in `order`. Sets MODULES_OUT.
 prepare_modules() {
-    local mdir out want m
+    local mdir out m
     mdir=$(modules_dir)
     out=$CACHE/modules/$KERNEL_VERSION
     MODULES_OUT=$out

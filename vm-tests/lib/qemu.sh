@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by vm-tests/run
 # Booting a guest and reading its results from the serial console.
 
 # KVM when it works, else TCG. /dev/kvm can exist on a CPU without
