@@ -76,12 +76,9 @@ fn is_mount_point(p: &Path) -> Result<bool, BootError> {
         return Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
     }
     // Kernels before 5.8: a different device than the parent's.
-    let parent = fs::metadata(p.join("..")).map_err(io_err("stat", p.join("..")))?;
-    Ok(
-        u64::from(st.stx_dev_major) << 32 | u64::from(st.stx_dev_minor)
-            != std::os::unix::fs::MetadataExt::dev(&parent)
-            || p == Path::new("/"),
-    )
+    use std::os::unix::fs::MetadataExt;
+    let dev = |q: &Path| fs::metadata(q).map(|m| m.dev()).map_err(io_err("stat", q));
+    Ok(p == Path::new("/") || dev(p)? != dev(&p.join(".."))?)
 }
 
 fn require_dir(root: &Path, dir: &'static str, id: &str) -> Result<PathBuf, BootError> {
