@@ -12,7 +12,7 @@ build_strata() {
     case $mode in auto | musl | glibc) ;; *) die "VM_TESTS_BUILD must be auto, musl or glibc" ;; esac
     if [ "$mode" != glibc ] && ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL" && command -v rustup >/dev/null; then
         log "rustup target add $MUSL"
-        rustup target add "$MUSL" >"$cargo_out" 2>&1 || log "note: cannot add $MUSL; using the glibc build"
+        timeout 300 rustup target add "$MUSL" >"$cargo_out" 2>&1 || log "note: cannot add $MUSL; using the glibc build"
     fi
     if [ "$mode" != glibc ] && rustup target list --installed 2>/dev/null | grep -qx "$MUSL" &&
         command -v musl-gcc >/dev/null; then
