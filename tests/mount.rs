@@ -211,3 +211,563 @@ fn walkdir(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Mounts `image` (objects in `objects`) on `mnt` and diffs the mounted tree
+/// against the image's own tree. `real` says the objects are the real ones
+/// (compare whole contents) rather than placeholders.
+fn mount_and_diff(image: &Path, objects: &Path, mnt: &Path, real: bool) -> Vec<String> {
+    let bytes = fs::read(image).unwrap();
+    let read = erofs::read_image(&bytes).unwrap();
+    let opts = MountOptions {
+        basedirs: vec![objects.to_path_buf()],
+        verity: strata::mount::Verity::Off,
+        ..Default::default()
+    };
+    mount_composefs(image, mnt, &opts)
+        .unwrap_or_else(|e| panic!("mounting {}: {e}", image.display()));
+    let diffs =
+        std::panic::catch_unwind(|| common::diff_mount(mnt, &read, real.then_some(objects)));
+    unmount(mnt).unwrap();
+    diffs.unwrap()
+}
+
+/// Every conformance vector's image, mounted by the kernel, shows exactly
+/// the tree the image holds (objects are placeholders: the vectors carry
+/// digests, not contents).
+#[test]
+fn conformance_images_mount_as_their_trees() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-vectors-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut checked = 0;
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sha256"))
+        .collect();
+    names.sort();
+    for name in names {
+        let t0 = std::time::Instant::now();
+        let case = name.trim_end_matches(".sha256");
+        let mut dump = fs::read(dir.join(case)).unwrap();
+        if case.ends_with(".gz") {
+            let mut out = Vec::new();
+            use std::io::Read;
+            flate2::read::GzDecoder::new(&dump[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            dump = out;
+        }
+        let plain = tmp.path().join(case.trim_end_matches(".gz"));
+        fs::write(&plain, &dump).unwrap();
+        let image = tmp.path().join(format!("{case}.cfs"));
+        let version =
+            fs::read_to_string(dir.join(format!("{}.version", case.trim_end_matches(".gz"))))
+                .ok()
+                .map(|v| format!("--min-version={}", v.trim()));
+        let r = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .env_remove("CFS_PARSE_STRICT")
+            .args(["mkcomposefs", "--from-file"])
+            .args(version)
+            .arg(&plain)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let tree = erofs::read_image(&fs::read(&image).unwrap()).unwrap().tree;
+        let objects = tmp.path().join(format!("{case}.objects"));
+        fs::create_dir_all(&objects).unwrap();
+        let n = common::make_placeholder_objects(&tree, &objects);
+        let diffs = mount_and_diff(&image, &objects, &mnt, false);
+        assert!(
+            diffs.is_empty(),
+            "{case}: mounted tree differs from the image:\n{}",
+            diffs[..diffs.len().min(30)].join("\n")
+        );
+        eprintln!(
+            "{case}: {} inodes, {n} objects: mount matches ({:.2} s)",
+            tree.bfs_order().len(),
+            t0.elapsed().as_secs_f64()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 14);
+}
+
+fn strata(repo: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "strata failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn err(o: &std::process::Output) -> String {
+    assert!(!o.status.success(), "expected failure, got success");
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "one error line expected: {e}");
+    e
+}
+
+macro_rules! os {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
+}
+
+/// Leaves no mount behind even when an assertion fails.
+struct Mounted<'a>(&'a Path);
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A repository image mounted with `strata mount`, through each way of
+/// reaching the EROFS (file, loop device, private lower), shows the
+/// source tree byte for byte; the image's own tree matches too.
+#[test]
+fn strata_mount_shows_repository_image() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-repo-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let (src, repo, mnt) = (
+        tmp.path().join("src"),
+        tmp.path().join("repo"),
+        tmp.path().join("mnt"),
+    );
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    fs::hard_link(src.join("sixty-five"), src.join("usr/hardlinked")).unwrap();
+    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    let source = walk(&src);
+    let image = repo.join("images").join(&id);
+    let read = erofs::read_image(&fs::read(&image).unwrap()).unwrap();
+    for extra in [
+        &[][..],
+        os!["--force-loop"],
+        os!["--private-lower"],
+        os!["--verity", "off"],
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = os!["mount"].to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(os![id.as_str(), mnt.as_os_str()]);
+        ok(&strata(&repo, &args));
+        let guard = Mounted(&mnt);
+        let mounted = walk(&mnt);
+        let diffs = common::diff_mount(&mnt, &read, Some(&repo.join("objects")));
+        let a = fs::metadata(mnt.join("sixty-five")).unwrap();
+        let b = fs::metadata(mnt.join("usr/hardlinked")).unwrap();
+        ok(&strata(&repo, os!["umount", mnt.as_os_str()]));
+        std::mem::forget(guard);
+        assert!(diffs.is_empty(), "{extra:?}: {}", diffs.join("\n"));
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hardlink identity");
+        for (path, want) in &source {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            assert_eq!(
+                mounted.get(path),
+                Some(want),
+                "{extra:?}: {}",
+                path.display()
+            );
+        }
+        assert_eq!(mounted.len(), source.len());
+    }
+    // The `lowerdir=L::D` string form (kernels without `lowerdir+`), from
+    // the library, on a path that needs escaping.
+    let odd = tmp.path().join("objects, with: odd chars");
+    fs::rename(repo.join("objects"), &odd).unwrap();
+    for attach in [
+        strata::mount::LowerAttach::Detached,
+        strata::mount::LowerAttach::Private,
+    ] {
+        let opts = MountOptions {
+            basedirs: vec![odd.clone()],
+            lowerdir_string: true,
+            lower_attach: attach,
+            ..Default::default()
+        };
+        mount_composefs(&odd.join(&id[..2]).join(&id[2..]), &mnt, &opts).unwrap();
+        let guard = Mounted(&mnt);
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let diffs = common::diff_mount(&mnt, &read, Some(&odd));
+        drop(guard);
+        assert!(
+            diffs.is_empty(),
+            "lowerdir string, {attach:?}: {}",
+            diffs.join("\n")
+        );
+        assert!(info.contains("lowerdir=") && info.contains("::"), "{info}");
+    }
+    fs::rename(&odd, repo.join("objects")).unwrap();
+
+    // The comparison can fail: a changed object shows up as different bytes.
+    let obj = {
+        let mut objs = walkdir(&repo.join("objects"));
+        objs.retain(|p| fs::metadata(p).unwrap().len() == 65);
+        objs.pop().unwrap()
+    };
+    fs::write(&obj, [b'z'; 65]).unwrap();
+    ok(&strata(&repo, os!["mount", "img", mnt.as_os_str()]));
+    let guard = Mounted(&mnt);
+    let diffs = common::diff_mount(&mnt, &read, None);
+    drop(guard);
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.contains("sixty-five") && d.contains("bytes read differ")),
+        "{diffs:?}"
+    );
+}
+
+/// `--upperdir/--workdir`: writes land in the upper directory, the
+/// repository stays as it was (fsck clean, objects unchanged).
+#[test]
+fn writable_mount_keeps_repository_untouched() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-rw-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, repo, mnt, upper, work) = (
+        t.join("src"),
+        t.join("repo"),
+        t.join("mnt"),
+        t.join("upper"),
+        t.join("work"),
+    );
+    for d in [&mnt, &upper, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    make_source(&src);
+    ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    let before = snapshot_files(&repo);
+    ok(&strata(
+        &repo,
+        os![
+            "mount",
+            "--upperdir",
+            upper.as_os_str(),
+            "--workdir",
+            work.as_os_str(),
+            "img",
+            mnt.as_os_str()
+        ],
+    ));
+    let guard = Mounted(&mnt);
+    fs::write(mnt.join("new-file"), b"written in the container\n").unwrap();
+    // Appending to a file whose data is an object copies it up first.
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("usr/lib/big.bin"))
+            .unwrap();
+        f.write_all(b"appended").unwrap();
+    }
+    fs::remove_file(mnt.join("small")).unwrap();
+    fs::set_permissions(mnt.join("usr/lib/tool"), fs::Permissions::from_mode(0o700)).unwrap();
+    let big = fs::read(mnt.join("usr/lib/big.bin")).unwrap();
+    drop(guard);
+    assert_eq!(&big[big.len() - 8..], b"appended");
+    assert_eq!(
+        fs::read(upper.join("new-file")).unwrap(),
+        b"written in the container\n"
+    );
+    assert_eq!(fs::read(upper.join("usr/lib/big.bin")).unwrap(), big);
+    let wh = fs::symlink_metadata(upper.join("small")).unwrap();
+    assert_eq!(
+        (wh.file_type().is_char_device(), wh.rdev()),
+        (true, 0),
+        "whiteout in upper"
+    );
+    assert_eq!(snapshot_files(&repo), before, "repository changed");
+    let fsck = strata(&repo, os!["fsck"]);
+    ok(&fsck);
+    // The read-only default refuses writes.
+    ok(&strata(&repo, os!["mount", "img", mnt.as_os_str()]));
+    let guard = Mounted(&mnt);
+    let e = fs::write(mnt.join("nope"), b"x").unwrap_err();
+    drop(guard);
+    assert_eq!(e.raw_os_error(), Some(30), "EROFS (read-only fs): {e}");
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+/// Every file under the repository with its size and contents.
+fn snapshot_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    walkdir(root)
+        .into_iter()
+        .filter(|p| !p.ends_with("lock"))
+        .map(|p| {
+            let data = fs::read(&p).unwrap_or_default();
+            (p, data)
+        })
+        .collect()
+}
+
+/// Failures are one line naming the cause: no such image, missing mount
+/// point, missing object directory, a corrupt image (the kernel's refusal
+/// reported), a wrong digest, a lone --upperdir.
+#[test]
+fn mount_errors_are_clear() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-err-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+
+    let e = err(&strata(&repo, os!["mount", "nosuch", mnt.as_os_str()]));
+    assert!(e.contains("no image named \"nosuch\""), "{e}");
+    let missing = t.join("missing");
+    let e = err(&strata(&repo, os!["mount", "img", missing.as_os_str()]));
+    assert!(
+        e.contains("missing: mount point") && e.contains("No such file"),
+        "{e}"
+    );
+    let e = err(&strata(
+        &repo,
+        os!["mount", "--verity", "require", "img", mnt.as_os_str()],
+    ));
+    assert!(e.contains("not verity-enforced"), "{e}");
+    let wrong = "1".repeat(64);
+    let e = err(&strata(
+        &repo,
+        os!["mount", "--digest", &wrong, "img", mnt.as_os_str()],
+    ));
+    assert!(
+        e.contains(&format!("fs-verity digest is {id}, expected {wrong}")),
+        "{e}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--repo"])
+        .arg(&repo)
+        .args(["mount", "--upperdir", "/tmp", "img"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--workdir"));
+
+    // The helper, on plain files.
+    let image = repo.join("images").join(&id);
+    let helper = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("mount-helper")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let nodir = t.join("no-objects");
+    let o = helper(os![
+        image.as_os_str(),
+        mnt.as_os_str(),
+        "-o",
+        &format!("basedir={}", nodir.display())
+    ]);
+    let e = err(&o);
+    assert!(
+        e.contains("no-objects: object directory") && e.contains("No such file"),
+        "{e}"
+    );
+    let o = helper(os![
+        t.join("nope.cfs").as_os_str(),
+        mnt.as_os_str(),
+        "-o",
+        "basedir=/"
+    ]);
+    let e = err(&o);
+    assert!(e.contains("nope.cfs: cannot open image"), "{e}");
+    let not_cfs = t.join("not.cfs");
+    fs::write(&not_cfs, vec![0u8; 8192]).unwrap();
+    let e = err(&helper(os![not_cfs.as_os_str(), mnt.as_os_str()]));
+    assert!(
+        e.contains("not.cfs: not a composefs image (bad composefs magic)"),
+        "{e}"
+    );
+    // A composefs header on a corrupt EROFS: the kernel refuses it, and
+    // says why.
+    let mut bytes = fs::read(&image).unwrap();
+    for b in &mut bytes[1024..1024 + 128] {
+        *b ^= 0x5a;
+    }
+    let corrupt = t.join("corrupt.cfs");
+    fs::write(&corrupt, &bytes).unwrap();
+    let e = err(&helper(os![
+        corrupt.as_os_str(),
+        mnt.as_os_str(),
+        "-o",
+        "basedir=/"
+    ]));
+    assert!(e.contains("corrupt.cfs: EROFS refused the image"), "{e}");
+    assert!(e.contains("kernel: "), "the kernel's own message: {e}");
+    let e = err(&helper(os![
+        image.as_os_str(),
+        mnt.as_os_str(),
+        "-o",
+        "basedir=/,bogus"
+    ]));
+    assert_eq!(
+        e,
+        "mount.composefs: option bogus: not a composefs mount option"
+            .replace("mount.composefs", "strata mount-helper")
+    );
+    // Nothing was left mounted.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(t.to_str().unwrap()), "{mounts}");
+}
+
+/// util-linux `mount -t composefs` runs strata as /sbin/mount.composefs:
+/// the image made by `strata mkcomposefs --digest-store` mounts the same
+/// way, read-only and writable.
+#[test]
+fn util_linux_mount_t_composefs() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let helper = Path::new("/sbin/mount.composefs");
+    let ours = Path::new(env!("CARGO_BIN_EXE_strata"));
+    match fs::read_link(helper) {
+        Ok(t) if t == ours => {}
+        Ok(_) | Err(_) if helper.symlink_metadata().is_ok() => {
+            eprintln!(
+                "SKIP: {} exists and is not this build's strata",
+                helper.display()
+            );
+            return;
+        }
+        _ => symlink(ours, helper).unwrap(),
+    }
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(helper);
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-util-linux-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, store, image, mnt) = (
+        t.join("src"),
+        t.join("objects"),
+        t.join("img.cfs"),
+        t.join("mnt"),
+    );
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    let r = Command::new(ours)
+        .arg("mkcomposefs")
+        .arg(format!("--digest-store={}", store.display()))
+        .arg(&src)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let read = erofs::read_image(&fs::read(&image).unwrap()).unwrap();
+    let mount = |opts: String| {
+        let r = Command::new("mount")
+            .args(["-t", "composefs", "-o", &opts])
+            .arg(&image)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "mount -o {opts}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    };
+    mount(format!("basedir={}", store.display()));
+    let guard = Mounted(&mnt);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    let diffs = common::diff_mount(&mnt, &read, Some(&store));
+    let walked = walk(&mnt);
+    drop(guard);
+    assert!(
+        line.contains(" ro,") && line.contains("overlay composefs"),
+        "{line}"
+    );
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let source = walk(&src);
+    for (p, want) in &source {
+        if !p.as_os_str().is_empty() {
+            assert_eq!(walked.get(p), Some(want), "{}", p.display());
+        }
+    }
+    // Writable, as an fstab line would say it.
+    let (upper, work) = (t.join("upper"), t.join("work"));
+    fs::create_dir_all(&upper).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    mount(format!(
+        "basedir={},upperdir={},workdir={},rw",
+        store.display(),
+        upper.display(),
+        work.display()
+    ));
+    let guard = Mounted(&mnt);
+    fs::write(mnt.join("hello"), b"hi").unwrap();
+    drop(guard);
+    assert_eq!(fs::read(upper.join("hello")).unwrap(), b"hi");
+    // A bad option is reported through mount(8).
+    let r = Command::new("mount")
+        .args(["-t", "composefs", "-o", "basedir=/nonexistent-objects"])
+        .arg(&image)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(e.contains("/nonexistent-objects: object directory"), "{e}");
+}

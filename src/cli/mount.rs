@@ -42,7 +42,7 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
             .parse::<Digest>()
             .with_context(|| format!("--digest {d}"))?,
         // Images are named by their fs-verity digest: check the file is it.
-        None => id.clone(),
+        None => id,
     };
     let opts = MountOptions {
         basedirs: vec![g.repo.join("objects")],

@@ -50,8 +50,8 @@ pub enum MountError {
     #[error("{}: fs-verity digest is {found}, expected {expected}", path.display())]
     WrongDigest {
         path: PathBuf,
-        found: Digest,
-        expected: Digest,
+        found: Box<Digest>,
+        expected: Box<Digest>,
     },
     #[error("{}: object directory: {source}", path.display())]
     ObjectDir { path: PathBuf, source: io::Error },
@@ -67,10 +67,10 @@ pub enum MountError {
     KernelTooOld { release: String },
     #[error("{}: cannot set up a loop device: {source}", path.display())]
     Loop { path: PathBuf, source: io::Error },
-    #[error("{step}: {source}{}", kernel_says(log))]
+    #[error("{step}: {cause}{}", kernel_says(log))]
     Kernel {
         step: String,
-        source: io::Error,
+        cause: io::Error,
         /// Messages the kernel left in the filesystem context's log.
         log: Vec<String>,
     },
@@ -88,14 +88,14 @@ impl MountError {
     fn kernel(step: impl Into<String>, e: rustix::io::Errno, fs: Option<&OwnedFd>) -> MountError {
         MountError::Kernel {
             step: step.into(),
-            source: e.into(),
+            cause: e.into(),
             log: fs.map(fs_log).unwrap_or_default(),
         }
     }
 
     fn errno(&self) -> Option<i32> {
         match self {
-            MountError::Kernel { source, .. } => source.raw_os_error(),
+            MountError::Kernel { cause, .. } => cause.raw_os_error(),
             _ => None,
         }
     }
@@ -122,6 +122,49 @@ fn fs_log(fs: &OwnedFd) -> Vec<String> {
         }
     }
     out
+}
+
+/// A position in the kernel log (`/dev/kmsg`), to pick up what a
+/// filesystem printed about a failed mount when it did not use the
+/// filesystem context's own log (EROFS reports a bad superblock so).
+struct KmsgCursor(Option<OwnedFd>);
+
+impl KmsgCursor {
+    fn here() -> KmsgCursor {
+        use rustix::fs::{open, seek, Mode, OFlags, SeekFrom};
+        let fd = open(
+            "/dev/kmsg",
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .filter(|fd| seek(fd, SeekFrom::End(0)).is_ok());
+        KmsgCursor(fd)
+    }
+
+    /// Messages logged since [`KmsgCursor::here`] that mention `tag`.
+    fn since(&self, tag: &str) -> Vec<String> {
+        let Some(fd) = &self.0 else { return vec![] };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..256 {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    // "prio,seq,usec,flags;message\n[continuation lines]"
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
+                    let msg = msg.lines().next().unwrap_or("").trim();
+                    if msg.contains(tag) && out.len() < 4 {
+                        out.push(msg.to_owned());
+                    }
+                }
+                // EPIPE: a record was overwritten; keep reading.
+                Err(rustix::io::Errno::PIPE) => continue,
+                _ => break,
+            }
+        }
+        out
+    }
 }
 
 /// fs-verity policy for a mount.
@@ -196,6 +239,9 @@ pub struct MountOptions {
     pub attrs: MountAttrFlags,
     pub erofs_source: ErofsSource,
     pub lower_attach: LowerAttach,
+    /// Give overlayfs its layers as one `lowerdir=L::D1::D2` string (the
+    /// form kernels without `lowerdir+` need) even when `lowerdir+` works.
+    pub lowerdir_string: bool,
 }
 
 impl Default for MountOptions {
@@ -211,6 +257,7 @@ impl Default for MountOptions {
             attrs: MountAttrFlags::empty(),
             erofs_source: ErofsSource::default(),
             lower_attach: LowerAttach::default(),
+            lowerdir_string: false,
         }
     }
 }
@@ -281,14 +328,14 @@ fn open_image(path: &Path, opts: &MountOptions) -> Result<Image, MountError> {
     }
     if let Some(expected) = &opts.expected_digest {
         let found = match &measured {
-            Some(d) if d.algorithm() == expected.algorithm() => d.clone(),
+            Some(d) if d.algorithm() == expected.algorithm() => *d,
             _ => fsverity::digest_file(expected.algorithm(), &file).map_err(img_err)?,
         };
         if &found != expected {
             return Err(MountError::WrongDigest {
                 path: path.into(),
-                found,
-                expected: expected.clone(),
+                found: Box::new(found),
+                expected: Box::new(*expected),
             });
         }
     }
@@ -322,8 +369,16 @@ fn erofs_from(source: &Path, image: &Image) -> Result<OwnedFd, MountError> {
         fsconfig_set_flag(&fs, "noacl")
             .map_err(|e| MountError::kernel("EROFS option noacl", e, Some(&fs)))?;
     }
-    fsconfig_create(&fs)
-        .map_err(|e| MountError::kernel(format!("{p}: EROFS refused the image"), e, Some(&fs)))?;
+    let kmsg = KmsgCursor::here();
+    if let Err(e) = fsconfig_create(&fs) {
+        let mut err = MountError::kernel(format!("{p}: EROFS refused the image"), e, Some(&fs));
+        if let MountError::Kernel { log, .. } = &mut err {
+            if log.is_empty() {
+                *log = kmsg.since("erofs");
+            }
+        }
+        return Err(err);
+    }
     Ok(fs)
 }
 
@@ -357,7 +412,7 @@ fn mount_erofs(image: &Image, opts: &MountOptions) -> Result<OwnedFd, MountError
     if let Some(ns) = &opts.idmap {
         let userns = File::open(ns).map_err(|e| MountError::Kernel {
             step: format!("idmap {}", ns.display()),
-            source: e,
+            cause: e,
             log: vec![],
         })?;
         crate::sys::mount_set_idmap(&mnt, &userns)
@@ -408,7 +463,7 @@ fn attach_private(mnt: OwnedFd) -> Result<Lower, MountError> {
         .tempdir_in(&base)
         .map_err(|e| MountError::Kernel {
             step: format!("temporary directory in {}", base.display()),
-            source: e,
+            cause: e,
             log: vec![],
         })?;
     move_mount(
@@ -474,7 +529,12 @@ fn mount_overlay(lower: &Path, image: &Image, opts: &MountOptions) -> Result<Own
             });
         }
     }
-    match fsconfig_set_string(&fs, "lowerdir+", lower) {
+    let appended = if opts.lowerdir_string {
+        Err(rustix::io::Errno::INVAL)
+    } else {
+        fsconfig_set_string(&fs, "lowerdir+", lower)
+    };
+    match appended {
         Ok(()) => {
             for d in &opts.basedirs {
                 fsconfig_set_string(&fs, "datadir+", d.as_path()).map_err(|e| {
@@ -521,7 +581,7 @@ pub fn mount_composefs_detached(image: &Path, opts: &MountOptions) -> Result<Own
     if opts.upperdir.is_some() != opts.workdir.is_some() {
         return Err(MountError::Kernel {
             step: "overlay".into(),
-            source: io::Error::new(
+            cause: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "upperdir and workdir go together",
             ),
@@ -620,6 +680,28 @@ mod tests {
             .parse::<Verity>()
             .unwrap_err()
             .contains("require, try or off"));
+    }
+
+    #[test]
+    fn old_kernel_message_names_the_minimum() {
+        let e = MountError::KernelTooOld {
+            release: "6.1.0-28-amd64".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Linux 6.1.0-28-amd64 is too old: strata needs 6.12 or newer (file-backed EROFS, data-only overlay layers, verity=require)"
+        );
+        let e = MountError::NoFilesystem {
+            fs: "EROFS",
+            module: "erofs",
+            source: io::Error::from_raw_os_error(19),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("this kernel has no EROFS support ("),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("try `modprobe erofs`"), "{e}");
     }
 
     #[test]

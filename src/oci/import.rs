@@ -168,7 +168,18 @@ pub fn pull(
         }
     }
 
+    let trace = std::env::var_os("STRATA_TRACE").is_some();
+    let stage = |what: &str| {
+        if trace {
+            eprintln!(
+                "strata: trace: {:>8.3} s {what}",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    };
+    stage("resolved");
     let results = import_layers(repo, &src, &img, opts.progress.as_ref())?;
+    stage("layers imported");
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
         tree.apply(&res.entries)
@@ -178,7 +189,9 @@ pub fn pull(
             })?;
     }
     let tree = tree.into_tree();
+    stage("layers applied");
     let image = erofs::write_image(&tree, &erofs::WriteOptions::default())?;
+    stage("image written");
 
     // Manifest and config bytes, so the image can be inspected and exported.
     let (manifest_obj, _) = repo
@@ -243,8 +256,10 @@ pub fn pull(
     };
     let record_obj = repo.store_record(&record)?;
 
+    stage("record stored");
     // Everything is an object now; flush once, then link.
     let committed = repo.commit_image(&image, None)?;
+    stage("committed");
     debug_assert_eq!(committed, image_id);
     for (l, r) in img.layers.iter().zip(&results) {
         if r.imported {
