@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod boot;
 pub mod cli;
 pub mod dumpfile;
 pub mod fsverity;

@@ -1,6 +1,7 @@
 //! Command-line entry points. One binary: `strata`, which also answers as
 //! `mkcomposefs` and `composefs-info` when invoked under those names.
 
+pub mod boot;
 pub mod info;
 pub mod mkcomposefs;
 pub mod mount;
@@ -179,6 +180,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// In an initramfs: mount the image named by composefs=<image id> as the new root at SYSROOT.
+    SetupRoot(boot::SetupRootArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +266,7 @@ pub fn main() -> ExitCode {
         Command::Rm { names } => repo::rm(&g, names),
         Command::Gc { dry_run } => repo::gc(&g, *dry_run),
         Command::Fsck { repair } => repo::fsck(&g, *repair),
+        Command::SetupRoot(a) => boot::setup_root(g.quiet, cli.repo.clone(), a),
         Command::Mount {
             name,
             mountpoint,

@@ -1,0 +1,82 @@
+//! bootc-style deployments: the `composefs=` kernel argument and the
+//! initramfs step that turns a repository image into the root filesystem.
+//!
+//! Layout on the physical root (`SYSROOT`, where the initramfs mounted it):
+//!
+//! ```text
+//! SYSROOT/composefs/                   the strata repository (objects, images, refs)
+//! SYSROOT/state/deploy/<image id>/
+//!     etc-upper/  etc-work/            writable overlay over the image's /etc
+//!     var/                             bind-mounted as /var
+//! ```
+//!
+//! [`setup_root`] mounts the image named by `composefs=<image id>` read-only
+//! (fs-verity required unless the argument is `composefs=?<image id>`),
+//! stacks the per-deployment `/etc` overlay and `/var` on it, moves the
+//! physical root to `NEWROOT/sysroot` and finally the new root onto
+//! `SYSROOT`, so that the initramfs's usual `switch_root SYSROOT /sbin/init`
+//! boots the image.
+
+pub mod cmdline;
+mod setup;
+
+pub use cmdline::{parse_cmdline, ComposefsArg, VerityPolicy};
+pub use setup::{setup_root, SetupOptions, SetupReport};
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why setting up the root failed: one cause each, naming what is involved.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{}: cannot read the kernel command line: {source}", path.display())]
+    ReadCmdline { path: PathBuf, source: io::Error },
+    #[error("no composefs=<image id> on the kernel command line")]
+    NoComposefsArg,
+    #[error("composefs= given twice with different images ({first} and {second})")]
+    ConflictingArgs { first: String, second: String },
+    #[error("composefs={value}: {why}")]
+    BadImageId { value: String, why: String },
+    #[error("repository {}: {source}", path.display())]
+    Repo {
+        path: PathBuf,
+        source: crate::repo::RepoError,
+    },
+    #[error("image {id} is not in the repository {}", repo.display())]
+    NoSuchImage { id: String, repo: PathBuf },
+    #[error("image {id}: fs-verity is required, but the repository {} does not enforce it (use composefs=?{id} to boot without)", repo.display())]
+    RepoNotVerity { id: String, repo: PathBuf },
+    #[error("image {id} has no /{dir} directory to mount on")]
+    MissingDir { id: String, dir: &'static str },
+    #[error("{}: not a mount point (mount the physical root there first)", .0.display())]
+    SysrootNotMounted(PathBuf),
+    #[error("mount image {id}: {source}")]
+    Mount {
+        id: String,
+        source: Box<crate::mount::MountError>,
+    },
+    #[error("{step} {}: {source}{}", path.display(), hint(source))]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// A hint for the one failure whose errno says little: moving a mount whose
+/// parent is shared (systemd makes `/` shared) fails with EINVAL.
+fn hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+        " (is the mount's parent shared? `mount --make-rprivate /` first)"
+    } else {
+        ""
+    }
+}
+
+pub(crate) fn io_err(
+    step: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> BootError {
+    let path = path.into();
+    move |source| BootError::Io { step, path, source }
+}
