@@ -193,3 +193,45 @@ fn refusals_are_one_line_and_leave_nothing_mounted() {
         assert_eq!(lines[i], "mounts=1", "{stdout}");
     }
 }
+
+/// Under a shared `/` (as systemd sets it up in an initramfs) mounts cannot
+/// be moved: setup-root makes them private first, and says what is wrong
+/// when told to leave propagation alone.
+#[test]
+fn shared_root_propagation_is_handled() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let (tmp, id) = setup(root_tree);
+    let phys = tmp.path().join("phys");
+    let run = |extra: &str| {
+        in_namespace(
+            &phys,
+            &format!(
+                r#"
+                mount --make-rshared /
+                $S setup-root --image '?{id}' --sysroot "$PHYS" {extra}
+                echo "root=$(findmnt -no FSTYPE "$PHYS")"
+                "#
+            ),
+        )
+    };
+    let out = run("--keep-propagation");
+    if kernel_cannot(&out) {
+        eprintln!("SKIP: {}", String::from_utf8_lossy(&out.stderr));
+        return;
+    }
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "moving under a shared / should fail");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("mount --make-rprivate /"), "{e}");
+    let out = run("");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("root=overlay"), "{stdout}");
+}

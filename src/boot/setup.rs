@@ -28,6 +28,9 @@ pub struct SetupOptions {
     pub staging: Option<PathBuf>,
     /// The image to boot and the fs-verity policy.
     pub arg: ComposefsArg,
+    /// Make every mount private first (`mount --make-rprivate /`), as an
+    /// initramfs needs when `/` is shared (systemd).
+    pub make_private: bool,
 }
 
 /// What was set up.
@@ -138,6 +141,18 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
     });
     if !is_mount_point(sysroot)? {
         return Err(BootError::SysrootNotMounted(sysroot.clone()));
+    }
+    // A systemd initramfs makes `/` shared, and mounts under a shared
+    // parent cannot be moved (EINVAL). Like ostree-prepare-root, make the
+    // initramfs's mounts private first; after switch_root the new PID 1
+    // sets the propagation it wants.
+    if opts.make_private {
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::PRIVATE
+                | rustix::mount::MountPropagationFlags::REC,
+        )
+        .map_err(|e| io_err("make mounts private under", "/")(e.into()))?;
     }
 
     // The image: in the repository, its digest its id, verity as asked.

@@ -26,6 +26,10 @@ pub struct SetupRootArgs {
     /// Where the new root is assembled first [default: SYSROOT.tmp].
     #[arg(long, value_name = "DIR")]
     staging: Option<PathBuf>,
+    /// Leave mount propagation alone (by default every mount is made private first, which
+    /// moving mounts needs when `/` is shared, as systemd makes it).
+    #[arg(long)]
+    keep_propagation: bool,
 }
 
 fn read_cmdline(path: &Path) -> Result<String, BootError> {
@@ -47,6 +51,7 @@ pub fn setup_root(quiet: bool, repo: Option<PathBuf>, a: &SetupRootArgs) -> Resu
         state: a.state.clone(),
         staging: a.staging.clone(),
         arg: arg.clone(),
+        make_private: !a.keep_propagation,
     })?;
     if !quiet {
         println!(
