@@ -3,9 +3,13 @@
 #   PREFIX/bin/mkcomposefs, PREFIX/bin/composefs-info   (composefs C's tools)
 #   SBINDIR/mount.composefs                              (so `mount -t composefs` and
 #                                                          fstab lines run strata)
-# Usage: contrib/install.sh [PREFIX]   (default /usr/local; SBINDIR default /sbin,
+#   with --dracut: the dracut module contrib/dracut/90strata (strata setup-root in a
+#   systemd initramfs; then `dracut --add strata -f`)
+# Usage: contrib/install.sh [--dracut] [PREFIX]   (default /usr/local; SBINDIR default /sbin,
 #        where util-linux mount(8) looks for helpers; binary from target/release)
 set -euo pipefail
+dracut=0
+if [ "${1:-}" = --dracut ]; then dracut=1; shift; fi
 prefix=${1:-/usr/local}
 sbindir=${SBINDIR:-/sbin}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,5 +24,11 @@ if [ -e "$sbindir/mount.composefs" ] && [ ! -L "$sbindir/mount.composefs" ]; the
   echo "install.sh: $sbindir/mount.composefs exists and is not a symlink (composefs C?); left alone" >&2
 else
   ln -sfn "$prefix/bin/strata" "$sbindir/mount.composefs"
+fi
+if [ "$dracut" = 1 ]; then
+  dest=${DRACUTMODDIR:-/usr/lib/dracut/modules.d}/90strata
+  install -D -m 0755 "$here/contrib/dracut/90strata/module-setup.sh" "$dest/module-setup.sh"
+  install -D -m 0644 "$here/contrib/dracut/90strata/strata-setup-root.service" "$dest/strata-setup-root.service"
+  echo "installed dracut module $dest (build with: dracut --add strata -f)"
 fi
 echo "installed $prefix/bin/strata (+ mkcomposefs, composefs-info, $sbindir/mount.composefs)"
