@@ -96,6 +96,10 @@ pub fn umount(target: &Path) -> Result<()> {
 
 /// `mount.composefs IMAGE MOUNTPOINT -o …` (also `strata mount-helper`).
 pub fn helper(args: &[OsString]) -> Result<()> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", mount::helper_usage());
+        return Ok(());
+    }
     let a = mount::parse_helper_args(args)?;
     if a.verbose || a.fake {
         eprintln!(

@@ -17,7 +17,7 @@
 mod helper;
 mod loopdev;
 
-pub use helper::{parse_helper_args, HelperArgs, HelperError};
+pub use helper::{parse_helper_args, usage as helper_usage, HelperArgs, HelperError};
 
 use std::fs::{self, File};
 use std::io;
