@@ -516,7 +516,13 @@ fn writable_mount_keeps_repository_untouched() {
         (true, 0),
         "whiteout in upper"
     );
-    assert_eq!(snapshot_files(&repo), before, "repository changed");
+    let after = snapshot_files(&repo);
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "repository changed: {changed:?}");
     let fsck = strata(&repo, os!["fsck"]);
     ok(&fsck);
     // The read-only default refuses writes.
@@ -533,7 +539,9 @@ use std::os::unix::fs::FileTypeExt;
 fn snapshot_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     walkdir(root)
         .into_iter()
-        .filter(|p| !p.ends_with("lock"))
+        // The lock, and mount records (`strata mount` notes the mount so
+        // that gc keeps the image), are not content.
+        .filter(|p| !p.ends_with("lock") && !p.components().any(|c| c.as_os_str() == "mounts"))
         .map(|p| {
             let data = fs::read(&p).unwrap_or_default();
             (p, data)
@@ -865,4 +873,87 @@ fn idmapped_mount_shifts_owners() {
         "unmapped ids show as overflow"
     );
     assert_eq!(data, fs::read(src.join("usr/lib/big.bin")).unwrap());
+}
+
+/// gc keeps what is mounted: removing an image's name while it is mounted
+/// (here, in this namespace and in another one) does not free its objects;
+/// once it is unmounted (by `strata umount`, umount(8), or its namespace
+/// ending) gc frees them.
+#[test]
+fn gc_keeps_mounted_images() {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-mount-gc-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    let gc = || ok(&strata(&repo, os!["gc"]));
+    let big = fs::read(src.join("usr/lib/big.bin")).unwrap();
+
+    // Mounted here; the name goes away; gc keeps everything.
+    ok(&strata(&repo, os!["mount", "img", mnt.as_os_str()]));
+    let guard = Mounted(&mnt);
+    ok(&strata(&repo, os!["rm", "img"]));
+    let out = gc();
+    assert!(
+        out.contains("freed 0 objects") && out.contains("1 unnamed image(s) kept"),
+        "{out}"
+    );
+    assert_eq!(fs::read(mnt.join("usr/lib/big.bin")).unwrap(), big);
+    // Unmounted behind strata's back: the record is stale, gc frees all.
+    rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty()).unwrap();
+    drop(guard);
+    let out = gc();
+    assert!(out.contains("freed 5 objects"), "{out}");
+    assert_eq!(fs::read_dir(repo.join("mounts")).unwrap().count(), 0);
+
+    // Mounted in another mount namespace, held by a process there.
+    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    let ready = t.join("ready");
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "{} --repo {} mount {} {} && touch {} && exec sleep 60",
+            env!("CARGO_BIN_EXE_strata"),
+            repo.display(),
+            id,
+            mnt.display(),
+            ready.display()
+        ))
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        ready.exists(),
+        "mount in the other namespace did not happen"
+    );
+    ok(&strata(&repo, os!["rm", "img"]));
+    let out = gc();
+    assert!(
+        out.contains("freed 0 objects"),
+        "kept while mounted elsewhere: {out}"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = gc();
+    assert!(out.contains("freed 5 objects"), "namespace gone: {out}");
+
+    // `strata umount` drops the record itself.
+    ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    ok(&strata(&repo, os!["mount", "img", mnt.as_os_str()]));
+    assert_eq!(fs::read_dir(repo.join("mounts")).unwrap().count(), 1);
+    ok(&strata(&repo, os!["umount", mnt.as_os_str()]));
+    assert_eq!(fs::read_dir(repo.join("mounts")).unwrap().count(), 0);
 }

@@ -289,7 +289,7 @@ pub fn main() -> ExitCode {
                 private_lower: *private_lower,
             },
         ),
-        Command::Umount { mountpoint } => mount::umount(mountpoint),
+        Command::Umount { mountpoint } => mount::umount(&g, mountpoint),
         Command::MountHelper { args } => {
             return finish("strata mount-helper", mount::helper(args));
         }

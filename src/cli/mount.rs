@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::repo::Global;
 use crate::fsverity::Digest;
 use crate::mount::{self, ErofsSource, LowerAttach, MountOptions, Verity};
+use crate::repo::mounts::MountRecord;
 use crate::repo::LockMode;
 
 /// What `strata mount` was asked.
@@ -73,6 +74,27 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
     }
     let image = repo.image_path(&id);
     mount::mount_composefs(&image, a.target, &opts)?;
+    // Record the mount (still under the shared lock, so no gc runs
+    // between the mount and its record); gc keeps mounted images.
+    let recorded = mount::mount_identity(a.target)
+        .map_err(anyhow::Error::from)
+        .and_then(|(mnt_ns, mnt_id)| {
+            let mountpoint = std::fs::canonicalize(a.target)?;
+            repo.add_mount_record(&MountRecord {
+                image: id.to_hex(),
+                mountpoint,
+                mnt_id,
+                mnt_ns,
+            })?;
+            Ok(())
+        });
+    if let Err(e) = recorded {
+        let _ = mount::unmount(a.target);
+        return Err(e.context(format!(
+            "{}: mounted, but cannot record the mount (unmounted again)",
+            a.target.display()
+        )));
+    }
     if g.verbose {
         eprintln!(
             "strata: mounted {} ({}) on {}{}",
@@ -89,9 +111,41 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
     Ok(())
 }
 
-/// Unmounts a composefs mount.
-pub fn umount(target: &Path) -> Result<()> {
-    Ok(mount::unmount(target)?)
+/// Unmounts a composefs mount and drops its record in the repository.
+pub fn umount(g: &Global, target: &Path) -> Result<()> {
+    let ident = mount::mount_identity(target).ok();
+    mount::unmount(target)?;
+    if let (Some((ns, id)), Ok(repo)) = (ident, g.open_existing(LockMode::Shared)) {
+        repo.remove_mount_record(&repo.mount_record_path(ns, id))?;
+    }
+    Ok(())
+}
+
+/// Images in use, which gc must keep whatever their names: mounted ones
+/// (records whose mount still exists; records of gone mounts are dropped
+/// unless `dry_run`) and the image this system booted (`composefs=`).
+pub fn images_in_use(repo: &crate::repo::Repository, dry_run: bool) -> Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for (path, rec) in repo.mount_records() {
+        let live = rec
+            .as_ref()
+            .is_some_and(|r| mount::is_mounted(r.mnt_ns, r.mnt_id, &r.mountpoint));
+        match rec {
+            Some(r) if live => {
+                if let Ok(d) = Digest::from_hex(repo.algorithm(), &r.image) {
+                    out.push(d);
+                }
+            }
+            _ if !dry_run => repo.remove_mount_record(&path)?,
+            _ => {}
+        }
+    }
+    if let Ok(line) = std::fs::read_to_string("/proc/cmdline") {
+        if let Ok(arg) = crate::boot::parse_cmdline(&line) {
+            out.push(arg.id);
+        }
+    }
+    Ok(out)
 }
 
 /// `mount.composefs IMAGE MOUNTPOINT -o …` (also `strata mount-helper`).

@@ -199,17 +199,22 @@ pub fn rm(g: &Global, names: &[String]) -> Result<()> {
 
 pub fn gc(g: &Global, dry_run: bool) -> Result<()> {
     let repo = g.open_existing(LockMode::Exclusive)?;
-    let r = repo.gc(dry_run)?;
+    let in_use = super::mount::images_in_use(&repo, dry_run)?;
+    let r = repo.gc(dry_run, &in_use)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         let verb = if dry_run { "would free" } else { "freed" };
         println!(
-            "{verb} {} objects ({}), {} images; {} objects kept",
+            "{verb} {} objects ({}), {} images; {} objects kept{}",
             r.objects_removed,
             human(r.bytes_freed),
             r.images_removed.len(),
-            r.objects_kept
+            r.objects_kept,
+            match r.images_in_use {
+                0 => String::new(),
+                n => format!(" ({n} unnamed image(s) kept: mounted or booted)"),
+            }
         );
     }
     Ok(())

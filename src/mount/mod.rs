@@ -682,6 +682,56 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
     }
 }
 
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount id never reused.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// Who a mount is: the inode of the mount namespace it lives in and its
+/// unique mount id, as seen at `path` (the mount point, once mounted).
+pub fn mount_identity(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = fs::metadata("/proc/self/ns/mnt")?.ino();
+    Ok((ns, mount_id_at(path)?))
+}
+
+fn mount_id_at(path: &Path) -> io::Result<u64> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let st = statx(
+        CWD,
+        path,
+        AtFlags::empty(),
+        StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE) | StatxFlags::MNT_ID,
+    )?;
+    Ok(st.stx_mnt_id)
+}
+
+/// Whether the mount `mnt_id` made in namespace `mnt_ns` is still at
+/// `mountpoint`. Looked up through a process living in that namespace
+/// (`/proc/PID/root/…`), so mounts made by container engines in their own
+/// namespaces count too. No process in the namespace: the namespace, and
+/// the mount, are gone. Unsure (no permission): treated as mounted.
+pub fn is_mounted(mnt_ns: u64, mnt_id: u64, mountpoint: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let in_ns =
+        |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == mnt_ns);
+    let pid = if in_ns("self") {
+        Some("self".to_string())
+    } else {
+        fs::read_dir("/proc").ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .find(|n| in_ns(n))
+        })
+    };
+    let Some(pid) = pid else { return false };
+    let rel = mountpoint.strip_prefix("/").unwrap_or(mountpoint);
+    match mount_id_at(&Path::new("/proc").join(pid).join("root").join(rel)) {
+        Ok(id) => id == mnt_id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,11 +21,14 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub objects_kept: u64,
     pub refs_removed: u64,
+    /// Images kept only because they are mounted or booted.
+    pub images_in_use: u64,
 }
 
 impl Repository {
-    /// Removes unreferenced images and objects.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport, RepoError> {
+    /// Removes unreferenced images and objects. `in_use` are images kept
+    /// whether or not a name reaches them (mounted, booted).
+    pub fn gc(&self, dry_run: bool, in_use: &[Digest]) -> Result<GcReport, RepoError> {
         self.relock(LockMode::Exclusive)?;
         let mut report = GcReport {
             dry_run,
@@ -36,6 +39,13 @@ impl Repository {
         for (_, id) in self.image_refs()? {
             if let Some(id) = id {
                 live_images.insert(id);
+            }
+        }
+        for id in in_use {
+            if self.root.join("images").join(id.to_hex()).exists()
+                && live_images.insert(id.to_hex())
+            {
+                report.images_in_use += 1;
             }
         }
         let mut live: HashSet<Vec<u8>> = HashSet::new();

@@ -15,6 +15,7 @@
 
 pub mod fsck;
 pub mod gc;
+pub mod mounts;
 pub mod objects;
 
 use std::fs;
