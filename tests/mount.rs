@@ -956,4 +956,29 @@ fn gc_keeps_mounted_images() {
     assert_eq!(fs::read_dir(repo.join("mounts")).unwrap().count(), 1);
     ok(&strata(&repo, os!["umount", mnt.as_os_str()]));
     assert_eq!(fs::read_dir(repo.join("mounts")).unwrap().count(), 0);
+
+    // A repository on a read-only filesystem mounts too (nothing can be
+    // collected there, so nothing is recorded).
+    let ro = t.join("ro-repo");
+    fs::create_dir_all(&ro).unwrap();
+    let sh = |c: &str| {
+        let r = Command::new("sh").args(["-c", c]).output().unwrap();
+        assert!(
+            r.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    };
+    sh(&format!(
+        "mount --bind {0} {1} && mount -o remount,bind,ro {1}",
+        repo.display(),
+        ro.display()
+    ));
+    let ro_guard = Mounted(&ro);
+    ok(&strata(&ro, os!["mount", "img", mnt.as_os_str()]));
+    let guard = Mounted(&mnt);
+    assert_eq!(fs::read(mnt.join("usr/lib/big.bin")).unwrap(), big);
+    ok(&strata(&ro, os!["umount", mnt.as_os_str()]));
+    std::mem::forget(guard);
+    drop(ro_guard);
 }

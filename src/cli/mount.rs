@@ -75,19 +75,15 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
     let image = repo.image_path(&id);
     mount::mount_composefs(&image, a.target, &opts)?;
     // Record the mount (still under the shared lock, so no gc runs
-    // between the mount and its record); gc keeps mounted images.
-    let recorded = mount::mount_identity(a.target)
-        .map_err(anyhow::Error::from)
-        .and_then(|(mnt_ns, mnt_id)| {
-            let mountpoint = std::fs::canonicalize(a.target)?;
-            repo.add_mount_record(&MountRecord {
-                image: id.to_hex(),
-                mountpoint,
-                mnt_id,
-                mnt_ns,
-            })?;
-            Ok(())
-        });
+    // between the mount and its record); gc keeps mounted images. A
+    // read-only repository cannot be collected, so nothing to record.
+    let read_only = rustix::fs::statvfs(&g.repo)
+        .is_ok_and(|st| st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+    let recorded = if read_only {
+        Ok(())
+    } else {
+        record_mount(&repo, &id, a.target)
+    };
     if let Err(e) = recorded {
         let _ = mount::unmount(a.target);
         return Err(e.context(format!(
@@ -108,6 +104,18 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
             }
         );
     }
+    Ok(())
+}
+
+/// Notes that image `id` is mounted at `target` (see `repo::mounts`).
+fn record_mount(repo: &crate::repo::Repository, id: &Digest, target: &Path) -> Result<()> {
+    let (mnt_ns, mnt_id) = mount::mount_identity(target)?;
+    repo.add_mount_record(&MountRecord {
+        image: id.to_hex(),
+        mountpoint: std::fs::canonicalize(target)?,
+        mnt_id,
+        mnt_ns,
+    })?;
     Ok(())
 }
 
