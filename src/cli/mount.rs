@@ -124,7 +124,10 @@ pub fn umount(g: &Global, target: &Path) -> Result<()> {
     let ident = mount::mount_identity(target).ok();
     mount::unmount(target)?;
     if let (Some((ns, id)), Ok(repo)) = (ident, g.open_existing(LockMode::Shared)) {
-        repo.remove_mount_record(&repo.mount_record_path(ns, id))?;
+        let record = repo.mount_record_path(ns, id);
+        if record.exists() {
+            repo.remove_mount_record(&record)?;
+        }
     }
     Ok(())
 }
