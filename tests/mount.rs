@@ -229,10 +229,12 @@ fn mount_and_diff(image: &Path, objects: &Path, mnt: &Path, real: bool) -> Vec<S
     };
     mount_composefs(image, mnt, &opts)
         .unwrap_or_else(|e| panic!("mounting {}: {e}", image.display()));
-    let diffs =
-        std::panic::catch_unwind(|| common::diff_mount(mnt, &read, real.then_some(objects)));
+    // Detached even if the comparison or the unmount panics.
+    let guard = Mounted(mnt);
+    let diffs = common::diff_mount(mnt, &read, real.then_some(objects));
     unmount(mnt).unwrap();
-    diffs.unwrap()
+    std::mem::forget(guard);
+    diffs
 }
 
 /// Every conformance vector's image, mounted by the kernel, shows exactly

@@ -6,6 +6,8 @@
 //! `/proc/meminfo`'s `Cached:`. Needs root and a kernel with EROFS and
 //! overlayfs; skips with a printed reason otherwise.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -13,31 +15,6 @@ use std::process::{Command, Output};
 
 const BIG: usize = 100 << 20;
 const MIB: f64 = (1u64 << 20) as f64;
-
-/// Why this machine cannot run the test, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("mount test needs root".into());
-    }
-    if let Err(e) = strata::mount::check_kernel() {
-        return Some(e.to_string());
-    }
-    for fs_name in ["erofs", "overlay"] {
-        let has = || {
-            fs::read_to_string("/proc/filesystems")
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.split_whitespace().last() == Some(fs_name))
-        };
-        if !has() {
-            let _ = Command::new("modprobe").arg(fs_name).status();
-            if !has() {
-                return Some(format!("kernel has no {fs_name} filesystem"));
-            }
-        }
-    }
-    None
-}
 
 fn strata(repo: &Path, args: &[&std::ffi::OsStr]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -114,7 +91,7 @@ impl Drop for Mounted {
 
 #[test]
 fn shared_file_is_cached_once_across_mounts() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = common::mount_skip_reason() {
         eprintln!("SKIP: {why}");
         return;
     }

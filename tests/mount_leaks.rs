@@ -5,6 +5,8 @@
 //! directory, writable overlay) and 40 through the CLI. Needs root and a
 //! kernel with EROFS and overlayfs; skips with a printed reason otherwise.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,31 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strata::mount::{mount_composefs, unmount, ErofsSource, LowerAttach, MountOptions};
-
-/// Why this machine cannot run the test, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("mount test needs root".into());
-    }
-    if let Err(e) = strata::mount::check_kernel() {
-        return Some(e.to_string());
-    }
-    for fs_name in ["erofs", "overlay"] {
-        let has = || {
-            fs::read_to_string("/proc/filesystems")
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.split_whitespace().last() == Some(fs_name))
-        };
-        if !has() {
-            let _ = Command::new("modprobe").arg(fs_name).status();
-            if !has() {
-                return Some(format!("kernel has no {fs_name} filesystem"));
-            }
-        }
-    }
-    None
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -178,7 +155,7 @@ fn assert_clean(t: &Path, before: &(BTreeSet<PathBuf>, BTreeSet<String>), what: 
 
 #[test]
 fn mount_umount_cycles_leave_nothing() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = common::mount_skip_reason() {
         eprintln!("SKIP: {why}");
         return;
     }

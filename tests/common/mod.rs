@@ -6,6 +6,7 @@ use std::path::Path;
 
 /// A file's xattrs (not following symlinks), without overlayfs' own
 /// `trusted.overlay.*` ones, which are not part of a mounted tree.
+#[allow(dead_code)]
 pub fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut buf = vec![0u8; 65536];
@@ -332,4 +333,30 @@ pub fn diff_mount(
         }
     }
     diffs
+}
+
+/// Why this machine cannot run the test, if it cannot.
+#[allow(dead_code)]
+pub fn mount_skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("mount test needs root".into());
+    }
+    if let Err(e) = strata::mount::check_kernel() {
+        return Some(e.to_string());
+    }
+    for fs_name in ["erofs", "overlay"] {
+        let has = || {
+            std::fs::read_to_string("/proc/filesystems")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(fs_name))
+        };
+        if !has() {
+            let _ = std::process::Command::new("modprobe").arg(fs_name).status();
+            if !has() {
+                return Some(format!("kernel has no {fs_name} filesystem"));
+            }
+        }
+    }
+    None
 }
