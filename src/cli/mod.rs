@@ -193,6 +193,26 @@ enum LayerCommand {
     },
 }
 
+/// Drops the " (os error N)" that `io::Error` appends to its message: the
+/// message already says it, and the number means nothing to a reader.
+fn without_os_error(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(" (os error ") {
+        let tail = &rest[i + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Prints an error as one line: `prog: outer: inner: cause`.
 fn report(prog: &str, err: &anyhow::Error) {
     let mut line = String::new();
@@ -207,7 +227,7 @@ fn report(prog: &str, err: &anyhow::Error) {
         }
         line.push_str(&s);
     }
-    eprintln!("{prog}: {line}");
+    eprintln!("{prog}: {}", without_os_error(&line));
 }
 
 fn finish(prog: &str, r: anyhow::Result<()>) -> ExitCode {
@@ -311,4 +331,22 @@ pub fn main() -> ExitCode {
 
 fn with_name(name: &str, args: Vec<OsString>) -> Vec<OsString> {
     std::iter::once(OsString::from(name)).chain(args).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_os_error;
+
+    #[test]
+    fn os_error_numbers_are_dropped() {
+        assert_eq!(
+            without_os_error("a: No such file or directory (os error 2): b (os error 30)"),
+            "a: No such file or directory: b"
+        );
+        assert_eq!(
+            without_os_error("keep (os error x) and (os error )"),
+            "keep (os error x) and (os error )"
+        );
+        assert_eq!(without_os_error("plain"), "plain");
+    }
 }
