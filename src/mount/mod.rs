@@ -394,7 +394,7 @@ fn erofs_from(source: &Path, image: &Image) -> Result<OwnedFd, MountError> {
 fn mount_erofs(image: &Image, opts: &MountOptions) -> Result<OwnedFd, MountError> {
     let sb = match opts.erofs_source {
         ErofsSource::Auto => match erofs_from(&fd_path(&image.file), image) {
-            Err(e) if e.errno() == Some(libc_errno::ENOTBLK) => None,
+            Err(e) if e.errno() == Some(libc::ENOTBLK) => None,
             r => Some(r?),
         },
         ErofsSource::Loop => None,
@@ -427,11 +427,6 @@ fn mount_erofs(image: &Image, opts: &MountOptions) -> Result<OwnedFd, MountError
             .map_err(|e| MountError::kernel(format!("idmap {}", ns.display()), e, None))?;
     }
     Ok(mnt)
-}
-
-mod libc_errno {
-    pub const ENOTBLK: i32 = 15;
-    pub const EINVAL: i32 = 22;
 }
 
 /// Where overlayfs finds the EROFS layer.
@@ -550,7 +545,7 @@ fn mount_overlay(lower: &Path, image: &Image, opts: &MountOptions) -> Result<Own
                 })?;
             }
         }
-        Err(e) if e.raw_os_error() == libc_errno::EINVAL => {
+        Err(e) if e == rustix::io::Errno::INVAL => {
             // No `lowerdir+` (Linux < 6.8): the string form, data-only
             // layers after `::`.
             let _ = fs_log(&fs);
@@ -613,9 +608,7 @@ pub fn mount_composefs_detached(image: &Path, opts: &MountOptions) -> Result<Own
         .map_err(|e| MountError::kernel("dup EROFS mount", e, None))?;
     let lower = Lower::Detached(erofs);
     match mount_overlay(&lower.path(), &image, opts) {
-        Err(e)
-            if opts.lower_attach == LowerAttach::Auto && e.errno() == Some(libc_errno::EINVAL) =>
-        {
+        Err(e) if opts.lower_attach == LowerAttach::Auto && e.errno() == Some(libc::EINVAL) => {
             drop((lower, e));
             let lower = attach_private(spare)?;
             mount_overlay(&lower.path(), &image, opts)
