@@ -665,6 +665,8 @@ fn mount_errors_are_clear() {
         "mount.composefs: option bogus: not a composefs mount option"
             .replace("mount.composefs", "strata mount-helper")
     );
+    let e = err(&strata(&repo, os!["umount", mnt.as_os_str()]));
+    assert!(e.ends_with("mnt: mount point: not a mount point"), "{e}");
     // Nothing was left mounted.
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(t.to_str().unwrap()), "{mounts}");

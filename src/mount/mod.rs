@@ -668,8 +668,13 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
             r => {
                 return r.map_err(|e| MountError::MountPoint {
                     path: target.into(),
-                    source: e.into(),
-                })
+                    // umount(2) says EINVAL for "nothing is mounted here".
+                    source: if e == rustix::io::Errno::INVAL {
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a mount point")
+                    } else {
+                        e.into()
+                    },
+                });
             }
         }
     }
