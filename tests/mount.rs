@@ -84,34 +84,15 @@ fn make_source(src: &Path) {
         Some(rustix::fs::Gid::from_raw(70_000)),
     )
     .unwrap();
-    rustix::fs::lsetxattr(
-        src.join("small"),
-        "user.note",
-        b"hello",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::lsetxattr(
-        src.join("usr/lib/big.bin"),
-        "user.shared",
-        b"same",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::lsetxattr(
-        src.join("usr/lib/tool"),
-        "user.shared",
-        b"same",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::lsetxattr(
-        src.join("usr"),
-        "user.bin",
-        &[0u8, 1, 2, 255],
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    for (path, name, value) in [
+        ("small", "user.note", &b"hello"[..]),
+        ("usr/lib/big.bin", "user.shared", b"same"),
+        ("usr/lib/tool", "user.shared", b"same"),
+        ("usr", "user.bin", &[0u8, 1, 2, 255]),
+    ] {
+        rustix::fs::lsetxattr(src.join(path), name, value, rustix::fs::XattrFlags::empty())
+            .unwrap();
+    }
     Command::new("mkfifo")
         .arg(src.join("fifo"))
         .status()
@@ -214,6 +195,21 @@ fn walkdir(p: &Path) -> Vec<PathBuf> {
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// A scratch directory on disk for a mount test, or None (with a SKIP
+/// line) when not root.
+fn root_tmp(prefix: &str) -> Option<tempfile::TempDir> {
+    if !is_root() {
+        eprintln!("SKIP: mount test needs root");
+        return None;
+    }
+    Some(
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .unwrap(),
+    )
 }
 
 /// Mounts `image` (objects in `objects`) on `mnt` and diffs the mounted tree
@@ -354,14 +350,9 @@ impl Drop for Mounted<'_> {
 /// source tree byte for byte; the image's own tree matches too.
 #[test]
 fn strata_mount_shows_repository_image() {
-    if !is_root() {
-        eprintln!("SKIP: mount test needs root");
+    let Some(tmp) = root_tmp("strata-mount-repo-") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-mount-repo-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    };
     let (src, repo, mnt) = (
         tmp.path().join("src"),
         tmp.path().join("repo"),
@@ -457,14 +448,9 @@ fn strata_mount_shows_repository_image() {
 /// repository stays as it was (fsck clean, objects unchanged).
 #[test]
 fn writable_mount_keeps_repository_untouched() {
-    if !is_root() {
-        eprintln!("SKIP: mount test needs root");
+    let Some(tmp) = root_tmp("strata-mount-rw-") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-mount-rw-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    };
     let t = tmp.path();
     let (src, repo, mnt, upper, work) = (
         t.join("src"),
@@ -556,14 +542,9 @@ fn snapshot_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// reported), a wrong digest, a lone --upperdir.
 #[test]
 fn mount_errors_are_clear() {
-    if !is_root() {
-        eprintln!("SKIP: mount test needs root");
+    let Some(tmp) = root_tmp("strata-mount-err-") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-mount-err-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    };
     let t = tmp.path();
     let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
     fs::create_dir_all(&mnt).unwrap();
@@ -788,14 +769,9 @@ fn util_linux_mount_t_composefs() {
 /// mapping (an idmapped EROFS layer), contents unchanged.
 #[test]
 fn idmapped_mount_shifts_owners() {
-    if !is_root() {
-        eprintln!("SKIP: mount test needs root");
+    let Some(tmp) = root_tmp("strata-mount-idmap-") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-mount-idmap-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    };
     let t = tmp.path();
     let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
     fs::create_dir_all(&mnt).unwrap();
@@ -885,14 +861,9 @@ fn idmapped_mount_shifts_owners() {
 /// ending) gc frees them.
 #[test]
 fn gc_keeps_mounted_images() {
-    if !is_root() {
-        eprintln!("SKIP: mount test needs root");
+    let Some(tmp) = root_tmp("strata-mount-gc-") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-mount-gc-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    };
     let t = tmp.path();
     let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
     fs::create_dir_all(&mnt).unwrap();
