@@ -174,99 +174,52 @@ fn shared_file_is_cached_once_across_mounts() {
     assert_eq!(fs::metadata(&via1).unwrap().size(), BIG as u64);
     assert_eq!(fs::metadata(&via2).unwrap().size(), BIG as u64);
 
-    // Evict the object, per file; fall back to dropping the whole page cache.
-    evict(&object);
-    let mut res0 = resident(&object);
-    if res0 > BIG as u64 / 100 {
-        eprintln!(
-            "posix_fadvise(DONTNEED) left {res0} bytes resident; dropping page cache (drop_caches=1)"
-        );
-        rustix::fs::sync();
-        fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
-        res0 = resident(&object);
-    }
-    assert!(
-        res0 <= BIG as u64 / 100,
-        "object still has {res0} bytes in the page cache after eviction"
-    );
-    // Through either mount fincore sees the same (empty) object cache.
-    for via in [&via1, &via2] {
-        let r = resident(via);
-        assert!(
-            r <= BIG as u64 / 100,
-            "{}: {r} bytes resident though its object was evicted: not the same inode",
-            via.display()
-        );
-    }
+    // The measurement is repeated (up to 5 times) when memory reclaim on a
+    // busy machine takes some of the freshly read pages away before they
+    // are counted; each attempt starts from an evicted object.
+    let mut attempt = 0;
+    let m = loop {
+        attempt += 1;
+        let m = measure(&object, &via1, &via2, &content);
+        m.print(digest, attempt);
+        if m.res1 >= BIG as u64 * 99 / 100 || attempt == 5 {
+            break m;
+        }
+        eprintln!("  (attempt {attempt}: part of the first read was reclaimed; measuring again)");
+    };
 
-    // Read through mount 1: the object's pages come in.
-    let c0 = meminfo_cached();
-    let got1 = fs::read(&via1).unwrap();
-    let c1 = meminfo_cached();
-    assert!(
-        got1 == content,
-        "bytes read through mount 1 differ from the source"
-    );
-    drop(got1);
-    let res1 = resident(&object);
-    let grew1 = c1 as i64 - c0 as i64;
-
-    // Before reading through mount 2: its view of the file is already cached.
-    let res2_before = resident(&via2);
-
-    // Read through mount 2: nothing new enters the page cache.
-    let c2 = meminfo_cached();
-    let got2 = fs::read(&via2).unwrap();
-    let c3 = meminfo_cached();
-    assert!(
-        got2 == content,
-        "bytes read through mount 2 differ from the source"
-    );
-    drop(got2);
-    let res2 = resident(&object);
-    let grew2 = c3 as i64 - c2 as i64;
-
-    eprintln!("page-cache sharing, 100 MiB file in two images ({BIG} bytes, object {digest}):");
-    eprintln!("  object resident after eviction:         {res0} bytes");
-    eprintln!(
-        "  read via mount 1: Cached {:+.1} MiB; object resident {res1} bytes ({:.1}%)",
-        grew1 as f64 / MIB,
-        res1 as f64 * 100.0 / BIG as f64
-    );
-    eprintln!(
-        "  mount 2 before reading (fincore via mount 2): {res2_before} bytes ({:.1}%)",
-        res2_before as f64 * 100.0 / BIG as f64
-    );
-    eprintln!(
-        "  read via mount 2: Cached {:+.1} MiB; object resident {res2} bytes",
-        grew2 as f64 / MIB
-    );
-
-    let nearly_all = BIG as u64 * 99 / 100;
     // The measurement can see a 100 MiB read: the first one shows up.
     assert!(
-        res1 >= nearly_all,
-        "object after read 1: {res1} bytes resident"
+        m.res1 >= BIG as u64 * 9 / 10,
+        "object after read 1: {} bytes resident",
+        m.res1
     );
     // (/proc/meminfo is machine-wide: other work adds noise of some MiB
     // either way, so the bounds leave room while still telling a shared
     // read (≈ 0) from an unshared one (≈ 100 MiB).)
     assert!(
-        grew1 >= (BIG as i64) * 6 / 10,
-        "Cached grew only {grew1} bytes over the first read; the measurement is not seeing page cache"
+        m.grew1 >= (BIG as i64) * 6 / 10,
+        "Cached grew only {} bytes over the first read; the measurement is not seeing page cache",
+        m.grew1
     );
-    // Mount 2's file is the same page cache.
+    // Mount 2's file is the same page cache: whatever of the object is
+    // resident, mount 2 sees it resident before ever reading it (a margin
+    // of 2% for reclaim between the two fincore calls).
     assert!(
-        res2_before >= nearly_all,
-        "via mount 2 before reading it: {res2_before} bytes resident"
+        m.res2_before + BIG as u64 / 50 >= m.res1,
+        "via mount 2 before reading it: {} bytes resident, the object has {}",
+        m.res2_before,
+        m.res1
     );
     assert!(
-        res2 >= nearly_all,
-        "object after read 2: {res2} bytes resident"
+        m.res2 >= BIG as u64 * 9 / 10,
+        "object after read 2: {} bytes resident",
+        m.res2
     );
     assert!(
-        grew2 < (BIG as i64) * 3 / 10,
-        "Cached grew {grew2} bytes over the read through mount 2: its pages were not shared"
+        m.grew2 < (BIG as i64) * 3 / 10,
+        "Cached grew {} bytes over the read through mount 2: its pages were not shared",
+        m.grew2
     );
 
     for m in [&m1, &m2] {
@@ -280,6 +233,124 @@ fn shared_file_is_cached_once_across_mounts() {
             "{} still mounted",
             m.display()
         );
+    }
+}
+
+/// One round of the page-cache measurement.
+struct Measurement {
+    /// Object bytes resident after eviction.
+    res0: u64,
+    /// Object bytes resident after reading through mount 1.
+    res1: u64,
+    /// `Cached:` growth over the read through mount 1.
+    grew1: i64,
+    /// Bytes resident through mount 2's file before reading it.
+    res2_before: u64,
+    /// Object bytes resident after reading through mount 2.
+    res2: u64,
+    /// `Cached:` growth over the read through mount 2.
+    grew2: i64,
+}
+
+impl Measurement {
+    fn print(&self, digest: &str, attempt: u32) {
+        eprintln!(
+            "page-cache sharing, 100 MiB file in two images ({BIG} bytes, object {digest}), attempt {attempt}:"
+        );
+        eprintln!(
+            "  object resident after eviction:         {} bytes",
+            self.res0
+        );
+        eprintln!(
+            "  read via mount 1: Cached {:+.1} MiB; object resident {} bytes ({:.1}%)",
+            self.grew1 as f64 / MIB,
+            self.res1,
+            self.res1 as f64 * 100.0 / BIG as f64
+        );
+        eprintln!(
+            "  mount 2 before reading (fincore via mount 2): {} bytes ({:.1}%)",
+            self.res2_before,
+            self.res2_before as f64 * 100.0 / BIG as f64
+        );
+        eprintln!(
+            "  read via mount 2: Cached {:+.1} MiB; object resident {} bytes",
+            self.grew2 as f64 / MIB,
+            self.res2
+        );
+    }
+}
+
+/// Evicts the object, reads the file through mount 1, then through mount 2,
+/// measuring the object's and mount 2's residency and `Cached:` around each
+/// read. Asserts the bytes read and that eviction worked.
+fn measure(object: &Path, via1: &Path, via2: &Path, content: &[u8]) -> Measurement {
+    // Evict the object, per file; fall back to dropping the whole page cache.
+    evict(object);
+    let mut res0 = resident(object);
+    if res0 > BIG as u64 / 100 {
+        eprintln!(
+            "posix_fadvise(DONTNEED) left {res0} bytes resident; dropping page cache (drop_caches=1)"
+        );
+        rustix::fs::sync();
+        fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        res0 = resident(object);
+    }
+    assert!(
+        res0 <= BIG as u64 / 100,
+        "object still has {res0} bytes in the page cache after eviction"
+    );
+    // Through either mount fincore sees the same (empty) object cache.
+    for via in [via1, via2] {
+        let r = resident(via);
+        assert!(
+            r <= BIG as u64 / 100,
+            "{}: {r} bytes resident though its object was evicted: not the same inode",
+            via.display()
+        );
+    }
+
+    // Read through mount 1: the object's pages come in.
+    let c0 = meminfo_cached();
+    let same1 = same_bytes(via1, content);
+    let c1 = meminfo_cached();
+    assert!(same1, "bytes read through mount 1 differ from the source");
+    let res1 = resident(object);
+
+    // Before reading through mount 2: its view of the file is already cached.
+    let res2_before = resident(via2);
+
+    // Read through mount 2: nothing new enters the page cache.
+    let c2 = meminfo_cached();
+    let same2 = same_bytes(via2, content);
+    let c3 = meminfo_cached();
+    assert!(same2, "bytes read through mount 2 differ from the source");
+    let res2 = resident(object);
+    Measurement {
+        res0,
+        res1,
+        grew1: c1 as i64 - c0 as i64,
+        res2_before,
+        res2,
+        grew2: c3 as i64 - c2 as i64,
+    }
+}
+
+/// Reads `p` to its end in 1 MiB pieces (no second 100 MiB buffer to add
+/// memory pressure) and tells whether it holds exactly `content`.
+fn same_bytes(p: &Path, content: &[u8]) -> bool {
+    use std::io::Read;
+    let mut f = fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return at == content.len();
+        }
+        if content.get(at..at + n) != Some(&buf[..n]) {
+            return false;
+        }
+        at += n;
     }
 }
 
