@@ -169,6 +169,15 @@ fn lifecycle(base: &Path) {
     .trim()
     .to_string();
     assert_eq!(id.len(), 64);
+    // The staging directory new objects were made in is gone.
+    let staged: Vec<_> = fs::read_dir(repo.join("tmp")).unwrap().collect();
+    assert!(staged.is_empty(), "left in tmp/: {staged:?}");
+    // On ext4, tmp/ spreads the directories made in it (FS_TOPDIR_FL).
+    let tmp_dir = fs::File::open(repo.join("tmp")).unwrap();
+    if rustix::fs::fstatfs(&tmp_dir).unwrap().f_type == 0xEF53 {
+        let flags = rustix::fs::ioctl_getflags(&tmp_dir).unwrap();
+        assert!(flags.contains(rustix::fs::IFlags::TOPDIR), "{flags:?}");
+    }
     // Same tree again: same id, nothing new written.
     let before = objects_of(&repo);
     let id2 = ok(&strata(
