@@ -5,6 +5,7 @@
 //! [`SourceError::from_io`] to get it back).
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -245,11 +246,115 @@ impl<R: BufRead> Decompress<R> {
     }
 }
 
+/// Size of the pieces [`Prefetch`] hands over.
+const PIECE: usize = 256 * 1024;
+/// Pieces read ahead (bounds memory to about `AHEAD * PIECE`).
+const AHEAD: usize = 8;
+
+/// Runs a reader on a thread of its own, a few pieces ahead of the consumer,
+/// so that reading the blob, checking its digest and decompressing it
+/// overlap with whatever the consumer does (diff_id hashing, tar parsing).
+/// The first error ends the stream; the consumer sees it once (the
+/// [`DiffIdReader`] above makes it sticky). Dropping the reader stops the
+/// thread and waits for it.
+struct Prefetch {
+    pieces: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    spare: mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetch {
+    fn spawn<R: Read + Send + 'static>(mut inner: R) -> Prefetch {
+        let (tx, pieces) = mpsc::sync_channel(AHEAD);
+        let (spare, spares) = mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::spawn(move || loop {
+            let mut buf = spares.try_recv().unwrap_or_default();
+            buf.resize(PIECE, 0);
+            let mut n = 0;
+            let piece = loop {
+                match inner.read(&mut buf[n..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(k) => {
+                        n += k;
+                        if n == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(n);
+            let end = n == 0 || piece.is_err();
+            // Data read before an error still goes first.
+            if n > 0 && tx.send(Ok(buf)).is_err() {
+                return;
+            }
+            if end {
+                let _ = tx.send(piece.map(|()| Vec::new()));
+                return;
+            }
+        });
+        Prefetch {
+            pieces: Some(pieces),
+            spare,
+            cur: Vec::new(),
+            pos: 0,
+            eof: false,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Read for Prefetch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.eof || buf.is_empty() {
+                return Ok(0);
+            }
+            let next = self.pieces.as_ref().and_then(|rx| rx.recv().ok());
+            match next {
+                Some(Ok(piece)) => {
+                    let done = std::mem::replace(&mut self.cur, piece);
+                    let _ = self.spare.send(done);
+                    self.pos = 0;
+                    self.eof = self.cur.is_empty();
+                }
+                Some(Err(e)) => {
+                    self.eof = true;
+                    return Err(e);
+                }
+                None => {
+                    self.eof = true;
+                    return Err(io::Error::other("layer reader thread stopped"));
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Closing the channel makes the thread's next send fail.
+        self.pieces = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A layer's uncompressed tar stream, verified twice: the compressed blob against its digest
 /// and size, the uncompressed bytes against the diff_id. Verification completes at EOF;
 /// read to the end (or call [`LayerReader::finish`]) before trusting what was read.
 pub struct LayerReader {
-    inner: DiffIdReader<Decompress<BufReader<BlobReader>>>,
+    inner: DiffIdReader<Prefetch>,
 }
 
 impl LayerReader {
@@ -277,7 +382,7 @@ impl LayerReader {
         };
         Ok(Self {
             inner: DiffIdReader {
-                inner: Decompress { dec, digest },
+                inner: Prefetch::spawn(Decompress { dec, digest }),
                 expected: sha256_bytes(diff_id)?,
                 diff_id: diff_id.to_string(),
                 hasher,
@@ -295,5 +400,83 @@ impl LayerReader {
 impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields `data` in uneven reads, then fails with `fail` (if any).
+    struct Script {
+        data: Vec<u8>,
+        at: usize,
+        fail: Option<&'static str>,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.data.len() {
+                return match self.fail.take() {
+                    Some(m) => Err(io::Error::other(m)),
+                    None => Ok(0),
+                };
+            }
+            // 1..=7000 bytes per call, varying: exercises piece boundaries.
+            let want = 1 + (self.at * 31 + 7) % 7000;
+            let n = want.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn prefetch_passes_every_byte_in_order() {
+        for len in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 12345] {
+            let d = data(len);
+            let mut p = Prefetch::spawn(Script {
+                data: d.clone(),
+                at: 0,
+                fail: None,
+            });
+            let mut got = Vec::new();
+            p.read_to_end(&mut got).unwrap();
+            assert_eq!(got.len(), d.len());
+            assert!(got == d, "bytes differ for length {len}");
+            // EOF stays EOF.
+            assert_eq!(p.read(&mut [0u8; 16]).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn prefetch_delivers_data_then_the_error() {
+        let d = data(2 * PIECE + 100);
+        let mut p = Prefetch::spawn(Script {
+            data: d.clone(),
+            at: 0,
+            fail: Some("disk on fire"),
+        });
+        let mut got = Vec::new();
+        let e = p.read_to_end(&mut got).unwrap_err();
+        assert_eq!(e.to_string(), "disk on fire");
+        assert!(got == d, "data before the error must arrive");
+    }
+
+    #[test]
+    fn dropping_prefetch_early_stops_its_thread() {
+        // Far more than the read-ahead: the thread must stop when dropped.
+        let mut p = Prefetch::spawn(Script {
+            data: data(AHEAD * PIECE * 4),
+            at: 0,
+            fail: None,
+        });
+        let mut first = [0u8; 10];
+        p.read_exact(&mut first).unwrap();
+        drop(p); // joins; hangs here if the thread kept waiting to send
     }
 }
