@@ -704,3 +704,44 @@ fn relative_source_directories() {
     let d3 = run(t, &["composefs-info", "dump", "o.cfs"]);
     assert_eq!(d1, d3);
 }
+
+#[test]
+fn objects_are_world_readable_whatever_the_umask() {
+    let fs = Fs::tmpfs_or_dir();
+    let src = fs.path().join("src");
+    make_tree(&src, 40, 7);
+    // The last run lacks CAP_DAC_READ_SEARCH (when setpriv can drop it),
+    // so objects are linked through /proc/self/fd instead of AT_EMPTY_PATH.
+    let no_cap = if rustix::process::geteuid().is_root()
+        && Command::new("setpriv").arg("--version").output().is_ok()
+    {
+        "setpriv --bounding-set=-dac_read_search"
+    } else {
+        ""
+    };
+    for (mask, repo, pre) in [
+        ("077", "r077", ""),
+        ("022", "r022", ""),
+        ("000", "r000", ""),
+        ("022", "r022-nocap", no_cap),
+    ] {
+        let repo = fs.path().join(repo);
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask {mask} && exec {pre} \"$0\" --repo \"$1\" -q create-image \"$2\" x"
+            ))
+            .arg(env!("CARGO_BIN_EXE_strata"))
+            .arg(&repo)
+            .arg(&src)
+            .output()
+            .unwrap();
+        ok(&o);
+        let objects = objects_of(&repo);
+        assert!(objects.len() > 10, "umask {mask}: {objects:?}");
+        for p in objects {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o644, "umask {mask}: {}", p.display());
+        }
+    }
+}

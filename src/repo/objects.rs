@@ -57,6 +57,8 @@ pub struct ObjectDir {
     verity_unsupported: AtomicBool,
     /// Set once the filesystem refused O_TMPFILE.
     no_tmpfile: AtomicBool,
+    /// Set once linking a descriptor with `AT_EMPTY_PATH` was refused.
+    no_empty_path_link: AtomicBool,
     written: AtomicU64,
     written_bytes: AtomicU64,
 }
@@ -108,6 +110,7 @@ impl ObjectDir {
             counter: AtomicU64::new(0),
             verity_unsupported: AtomicBool::new(false),
             no_tmpfile: AtomicBool::new(false),
+            no_empty_path_link: AtomicBool::new(false),
             written: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
         })
@@ -352,8 +355,12 @@ impl ObjectDir {
         let size = rustix::fs::fstat(&fd)
             .map(|s| s.st_size as u64)
             .unwrap_or(0);
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
-            .map_err(|e| fail(oe(&path, "cannot chmod object", e)))?;
+        // Created with mode 0644: only a umask that takes bits away from
+        // that needs a chmod.
+        if !umask_keeps_0644() {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
+                .map_err(|e| fail(oe(&path, "cannot chmod object", e)))?;
+        }
         // fs-verity needs a read-only descriptor and no writer left open.
         let (fd, verity) = if self.verity_unsupported.load(Ordering::Relaxed)
             && self.policy == VerityPolicy::Try
@@ -379,16 +386,10 @@ impl ObjectDir {
             (ro, verity)
         };
         let place = || -> rustix::io::Result<()> {
-            match &named {
-                Some((d, n)) => rustix::fs::renameat(d, n.as_str(), &self.dir, rel.as_str()),
-                None => rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
-                    &self.dir,
-                    rel.as_str(),
-                    AtFlags::SYMLINK_FOLLOW,
-                ),
-            }
+            let Some((d, n)) = &named else {
+                return self.link_anonymous(fd.as_fd(), &rel);
+            };
+            rustix::fs::renameat(d, n.as_str(), &self.dir, rel.as_str())
         };
         let mut res = place();
         if res == Err(rustix::io::Errno::NOENT) {
@@ -434,6 +435,38 @@ impl ObjectDir {
             hasher: fsverity::FsVerityHasher::new(self.alg),
             tmp: Some(staged),
         })
+    }
+
+    /// Gives an anonymous (`O_TMPFILE`) file the name `rel`. Linking the
+    /// descriptor itself (`AT_EMPTY_PATH`) saves a walk through `/proc`, but
+    /// needs `CAP_DAC_READ_SEARCH`; without it the `/proc/self/fd` path is
+    /// used (and tried first from then on).
+    fn link_anonymous(&self, fd: BorrowedFd<'_>, rel: &str) -> rustix::io::Result<()> {
+        if !self.no_empty_path_link.load(Ordering::Relaxed) {
+            match rustix::fs::linkat(fd, "", &self.dir, rel, AtFlags::EMPTY_PATH) {
+                Err(
+                    rustix::io::Errno::NOENT
+                    | rustix::io::Errno::PERM
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::ACCESS,
+                ) => {}
+                r => return r,
+            }
+        }
+        let r = rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+            &self.dir,
+            rel,
+            AtFlags::SYMLINK_FOLLOW,
+        );
+        // The descriptor could not be linked but its /proc path could:
+        // AT_EMPTY_PATH is not allowed here. (ENOENT from both means the
+        // directory is missing; the caller creates it.)
+        if r.is_ok() {
+            self.no_empty_path_link.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     fn try_enable_verity(&self, ro: BorrowedFd<'_>, path: &Path) -> Result<bool, ObjectError> {
@@ -531,6 +564,22 @@ impl Drop for ObjectDir {
             let _ = rustix::fs::unlinkat(tmp, name.as_str(), AtFlags::REMOVEDIR);
         }
     }
+}
+
+/// Whether this process's umask leaves mode 0644 whole (read from
+/// `/proc/self/status` once, since asking `umask(2)` means changing it;
+/// when it cannot be read, assume not).
+fn umask_keeps_0644() -> bool {
+    static KEEPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEPS.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+                u32::from_str_radix(v.trim(), 8).ok()
+            })
+            .is_some_and(|mask| mask & 0o644 == 0)
+    })
 }
 
 /// Sets `FS_TOPDIR_FL` on a directory if it is not set (best effort: not
