@@ -168,3 +168,64 @@ fn errors_are_one_line_and_leave_nothing() {
         "{h}"
     );
 }
+
+/// Like composefs C 1.0.8, `mkcomposefs DIR` stores each hard link as a
+/// file of its own (nlink 1): the image of a tree with hard links equals
+/// the image of the same tree with copies in their place, and the dump
+/// shows no link.
+#[test]
+fn mkcomposefs_stores_hard_links_as_separate_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let strata = Path::new(env!("CARGO_BIN_EXE_strata"));
+    let big = b"shared contents, long enough to be an object and not inline\n".repeat(3);
+    let small = b"inline\n";
+    let mut images = Vec::new();
+    for linked in [true, false] {
+        let d = tmp.path().join(if linked { "linked" } else { "copies" });
+        fs::create_dir_all(d.join("sub")).unwrap();
+        for (name, data) in [("big", &big[..]), ("small", &small[..])] {
+            fs::write(d.join(name), data).unwrap();
+            let other = d.join("sub").join(format!("{name}-2"));
+            if linked {
+                fs::hard_link(d.join(name), &other).unwrap();
+            } else {
+                fs::write(&other, data).unwrap();
+            }
+        }
+        // Same times everywhere (a copy would otherwise differ in mtime).
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        for p in ["big", "small", "sub/big-2", "sub/small-2", "sub", "."] {
+            let f = fs::File::open(d.join(p)).unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let img = tmp.path().join(format!("{linked}.cfs"));
+        let o = run(
+            strata,
+            &["mkcomposefs", d.to_str().unwrap(), img.to_str().unwrap()],
+            None,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dump = run(
+            strata,
+            &["composefs-info", "dump", img.to_str().unwrap()],
+            None,
+        );
+        let dump = String::from_utf8(dump.stdout).unwrap();
+        for p in ["/big", "/small", "/sub/big-2", "/sub/small-2"] {
+            let l = dump
+                .lines()
+                .find(|l| l.starts_with(&format!("{p} ")))
+                .unwrap_or_else(|| panic!("{p} missing from {dump}"));
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(
+                !f[2].starts_with('@') && f[3] == "1",
+                "linked={linked}: {l}"
+            );
+        }
+        images.push(fs::read(&img).unwrap());
+    }
+    assert!(
+        images[0] == images[1],
+        "a tree with hard links must give the image of the same tree with copies"
+    );
+}

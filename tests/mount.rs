@@ -361,7 +361,33 @@ fn strata_mount_shows_repository_image() {
     fs::create_dir_all(&mnt).unwrap();
     make_source(&src);
     fs::hard_link(src.join("sixty-five"), src.join("usr/hardlinked")).unwrap();
-    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    // By default a hard link is a file of its own (as with composefs C).
+    ok(&strata(
+        &repo,
+        os!["create-image", src.as_os_str(), "plain"],
+    ));
+    let dump = ok(&strata(&repo, os!["dump", "plain"]));
+    let line = |p: &str| {
+        dump.lines()
+            .find(|l| l.starts_with(&format!("{p} ")))
+            .unwrap_or_else(|| panic!("{p} missing: {dump}"))
+            .to_string()
+    };
+    for p in ["/sixty-five", "/usr/hardlinked"] {
+        let l = line(p);
+        let fields: Vec<&str> = l.split(' ').collect();
+        assert!(!fields[2].starts_with('@'), "{p} became a link: {dump}");
+        assert_eq!(fields[3], "1", "{p}: nlink");
+    }
+    // With --hardlinks, the links stay one inode.
+    let id = ok(&strata(
+        &repo,
+        os!["create-image", "--hardlinks", src.as_os_str(), "img"],
+    ));
+    assert!(
+        ok(&strata(&repo, os!["dump", "img"])).contains("/usr/hardlinked 65 @100"),
+        "--hardlinks kept no link"
+    );
     let source = walk(&src);
     let image = repo.join("images").join(&id);
     let read = erofs::read_image(&fs::read(&image).unwrap()).unwrap();

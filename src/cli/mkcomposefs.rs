@@ -190,6 +190,8 @@ fn build_from_dir(args: &Args, threads: usize) -> Result<erofs::Tree> {
         user_xattrs: args.user_xattrs,
         skip_devices: args.skip_devices,
         use_epoch: args.use_epoch,
+        // As composefs C: each link a file of its own.
+        keep_hardlinks: false,
     };
     let store = match &args.digest_store {
         Some(p) => Some(ObjectDir::open(p, Algorithm::Sha256)?),

@@ -64,6 +64,11 @@ enum Command {
         /// Threads for hashing and copying [default: number of CPUs].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
+        /// Keep hard links inside DIR as hard links. By default each link is
+        /// stored as a file of its own (nlink 1), as composefs C's mkcomposefs
+        /// does, so the image is byte-identical to `mkcomposefs DIR`'s.
+        #[arg(long)]
+        hardlinks: bool,
     },
     /// Import an OCI image: every file over 64 bytes becomes an object, the tree an image.
     ///
@@ -266,9 +271,18 @@ pub fn main() -> ExitCode {
             hash,
             require_verity,
         } => repo::init(&g, hash, *require_verity),
-        Command::CreateImage { dir, name, threads } => {
-            repo::create_image(&g, dir, name.as_deref(), threads.map(|t| t as usize))
-        }
+        Command::CreateImage {
+            dir,
+            name,
+            threads,
+            hardlinks,
+        } => repo::create_image(
+            &g,
+            dir,
+            name.as_deref(),
+            threads.map(|t| t as usize),
+            *hardlinks,
+        ),
         Command::Pull {
             source,
             name,

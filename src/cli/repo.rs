@@ -100,6 +100,7 @@ pub fn create_image(
     source: &Path,
     name: Option<&str>,
     threads: Option<usize>,
+    keep_hardlinks: bool,
 ) -> Result<()> {
     if let Some(n) = name {
         crate::repo::check_name(n)?;
@@ -114,7 +115,11 @@ pub fn create_image(
         store: Some(repo.objects()),
         progress: Some(&pb),
     };
-    let tree = dir::scan_and_resolve(source, &ScanOptions::default(), &sink, threads)?;
+    let opts = ScanOptions {
+        keep_hardlinks,
+        ..ScanOptions::default()
+    };
+    let tree = dir::scan_and_resolve(source, &opts, &sink, threads)?;
     pb.finish_and_clear();
     let image =
         erofs::write_image(&tree, &erofs::WriteOptions::default()).context("cannot write image")?;

@@ -5,10 +5,11 @@
 //! [`resolve`] then hashes every larger file on a thread pool, names it by its
 //! fs-verity digest and optionally copies it into an object directory.
 //!
-//! Differences from composefs C 1.0.8 `mkcomposefs DIR`: hard links inside the
-//! tree are kept as hard links (C stores each link as a separate file), and
-//! `nlink` counts the links inside the tree (C always writes 1). For trees
-//! without hard links the result is the same.
+//! Hard links: by default each link is stored as a file of its own with
+//! `nlink` 1, as composefs C 1.0.8 `mkcomposefs DIR` does, so that images
+//! are byte-identical to its output. With [`ScanOptions::keep_hardlinks`]
+//! the links of one file inside the tree stay one inode, and `nlink` counts
+//! the links inside the tree.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -33,6 +34,8 @@ pub struct ScanOptions {
     pub user_xattrs: bool,
     pub skip_devices: bool,
     pub use_epoch: bool,
+    /// Keep hard links inside the tree as hard links (composefs C does not).
+    pub keep_hardlinks: bool,
 }
 
 /// A scanned tree whose large files still need hashing.
@@ -327,7 +330,8 @@ impl Walker {
             if self.opts.skip_devices && (ftype == S_IFBLK || ftype == S_IFCHR) {
                 continue;
             }
-            if ftype != S_IFDIR && st.st_nlink > 1 {
+            let linked = self.opts.keep_hardlinks && ftype != S_IFDIR && st.st_nlink > 1;
+            if linked {
                 if let Some(&id) = self.links.get(&(st.st_dev, st.st_ino)) {
                     self.builder.link(dir_id, name, id);
                     continue;
@@ -393,7 +397,7 @@ impl Walker {
                     None => self.pending.push(p),
                 }
             }
-            if !is_dir && st.st_nlink > 1 {
+            if linked {
                 self.links.insert((st.st_dev, st.st_ino), id);
             }
             if is_dir {
