@@ -143,7 +143,7 @@ fn mounted_image_matches_source_tree() {
         String::from_utf8_lossy(&r.stderr)
     );
     // Identical files were stored once.
-    let objects: Vec<_> = walkdir(&store);
+    let objects: Vec<_> = common::non_dirs_under(&store);
     assert_eq!(objects.len(), 4, "objects: {objects:?}");
 
     let opts = MountOptions {
@@ -178,19 +178,6 @@ fn mounted_image_matches_source_tree() {
         }
         assert_eq!(got, want, "{} differs", path.display());
     }
-}
-
-fn walkdir(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walkdir(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 fn is_root() -> bool {
@@ -453,7 +440,7 @@ fn strata_mount_shows_repository_image() {
 
     // The comparison can fail: a changed object shows up as different bytes.
     let obj = {
-        let mut objs = walkdir(&repo.join("objects"));
+        let mut objs = common::non_dirs_under(&repo.join("objects"));
         objs.retain(|p| fs::metadata(p).unwrap().len() == 65);
         objs.pop().unwrap()
     };
@@ -551,7 +538,7 @@ use std::os::unix::fs::FileTypeExt;
 
 /// Every file under the repository with its size and contents.
 fn snapshot_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    walkdir(root)
+    common::non_dirs_under(root)
         .into_iter()
         // The lock, and mount records (`strata mount` notes the mount so
         // that gc keeps the image), are not content.

@@ -151,7 +151,7 @@ fn shared_file_is_cached_once_across_mounts() {
         BIG as u64
     );
     // One object for both files: no other object of that size.
-    let same_size = walk_files(&repo.join("objects"))
+    let same_size = common::non_dirs_under(&repo.join("objects"))
         .into_iter()
         .filter(|p| fs::metadata(p).unwrap().len() == BIG as u64)
         .count();
@@ -352,17 +352,4 @@ fn same_bytes(p: &Path, content: &[u8]) -> bool {
         }
         at += n;
     }
-}
-
-fn walk_files(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk_files(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }

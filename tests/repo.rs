@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+mod common;
+
 fn strata(repo: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("--repo")
@@ -208,7 +210,10 @@ fn lifecycle(base: &Path) {
     assert_eq!(json[0]["objects"].as_u64().unwrap() as usize, {
         // every file > 64 bytes, distinct contents
         let mut set = std::collections::BTreeSet::new();
-        for e in walk_files(&src) {
+        let files = common::non_dirs_under(&src)
+            .into_iter()
+            .filter(|p| fs::symlink_metadata(p).unwrap().is_file());
+        for e in files {
             let b = fs::read(&e).unwrap();
             if b.len() > 64 {
                 set.insert(b);
@@ -248,20 +253,6 @@ fn lifecycle(base: &Path) {
     );
     let e = err(&strata(&repo, &["dump", "one"]));
     assert!(e.contains("no image named \"one\""), "{e}");
-}
-
-fn walk_files(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            out.extend(walk_files(&e.path()));
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 #[test]

@@ -2,7 +2,23 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Every entry under `p` that is not a directory (files, symlinks, …),
+/// recursively, in directory order.
+#[allow(dead_code)]
+pub fn non_dirs_under(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(non_dirs_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
 
 /// A file's xattrs (not following symlinks), without overlayfs' own
 /// `trusted.overlay.*` ones, which are not part of a mounted tree.
