@@ -174,10 +174,10 @@ impl ObjectDir {
     /// up after a crash, no directory entry until it is linked in place),
     /// else a named temporary file.
     ///
+    /// In a repository the file is made in this handle's staging directory
+    /// (see [`ObjectDir::stage`]). Elsewhere (`mkcomposefs --digest-store`)
     /// `near` names the `XX` subdirectory the object will land in, when
-    /// known: the inode is then allocated there, which spreads objects over
-    /// the filesystem the way their directories are spread (one directory
-    /// for all new inodes makes ext4's allocator scan ever longer).
+    /// known, and the inode is allocated there.
     fn tmp_file(&self, near: Option<&str>) -> Result<Staged<'_>, ObjectError> {
         if !self.no_tmpfile.load(Ordering::Relaxed) {
             let (at, near) = match self.stage() {
@@ -352,12 +352,12 @@ impl ObjectDir {
             discard(&named);
             e
         };
-        let size = rustix::fs::fstat(&fd)
-            .map(|s| s.st_size as u64)
-            .unwrap_or(0);
-        // Created with mode 0644: only a umask that takes bits away from
-        // that needs a chmod.
-        if !umask_keeps_0644() {
+        let (size, mode) = rustix::fs::fstat(&fd)
+            .map(|s| (s.st_size as u64, s.st_mode & 0o7777))
+            .unwrap_or((0, 0));
+        // Created with mode 0644: only a umask that took bits away from it
+        // makes a chmod necessary.
+        if mode != 0o644 {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))
                 .map_err(|e| fail(oe(&path, "cannot chmod object", e)))?;
         }
@@ -564,22 +564,6 @@ impl Drop for ObjectDir {
             let _ = rustix::fs::unlinkat(tmp, name.as_str(), AtFlags::REMOVEDIR);
         }
     }
-}
-
-/// Whether this process's umask leaves mode 0644 whole (read from
-/// `/proc/self/status` once, since asking `umask(2)` means changing it;
-/// when it cannot be read, assume not).
-fn umask_keeps_0644() -> bool {
-    static KEEPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KEEPS.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-                u32::from_str_radix(v.trim(), 8).ok()
-            })
-            .is_some_and(|mask| mask & 0o644 == 0)
-    })
 }
 
 /// Sets `FS_TOPDIR_FL` on a directory if it is not set (best effort: not
