@@ -324,6 +324,33 @@ macro_rules! os {
     ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
 }
 
+/// A root-only scratch directory holding the test source tree (`src/`), a
+/// repository (`repo/`) where it is image "img", and an empty `mnt/`.
+struct ImageSetup {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    repo: PathBuf,
+    mnt: PathBuf,
+    /// The image id.
+    id: String,
+}
+
+fn image_setup(prefix: &str) -> Option<ImageSetup> {
+    let tmp = root_tmp(prefix)?;
+    let t = tmp.path();
+    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    make_source(&src);
+    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
+    Some(ImageSetup {
+        tmp,
+        src,
+        repo,
+        mnt,
+        id,
+    })
+}
+
 /// Leaves no mount behind even when an assertion fails.
 struct Mounted<'a>(&'a Path);
 impl Drop for Mounted<'_> {
@@ -555,14 +582,17 @@ fn snapshot_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// reported), a wrong digest, a lone --upperdir.
 #[test]
 fn mount_errors_are_clear() {
-    let Some(tmp) = root_tmp("strata-mount-err-") else {
+    let Some(ImageSetup {
+        tmp,
+        src: _,
+        repo,
+        mnt,
+        id,
+    }) = image_setup("strata-mount-err-")
+    else {
         return;
     };
     let t = tmp.path();
-    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
-    fs::create_dir_all(&mnt).unwrap();
-    make_source(&src);
-    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
 
     let e = err(&strata(&repo, os!["mount", "nosuch", mnt.as_os_str()]));
     assert!(e.contains("no image named \"nosuch\""), "{e}");
@@ -782,14 +812,17 @@ fn util_linux_mount_t_composefs() {
 /// mapping (an idmapped EROFS layer), contents unchanged.
 #[test]
 fn idmapped_mount_shifts_owners() {
-    let Some(tmp) = root_tmp("strata-mount-idmap-") else {
+    let Some(ImageSetup {
+        tmp,
+        src,
+        repo,
+        mnt,
+        id,
+    }) = image_setup("strata-mount-idmap-")
+    else {
         return;
     };
     let t = tmp.path();
-    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
-    fs::create_dir_all(&mnt).unwrap();
-    make_source(&src);
-    let id = ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
     // A process in a new user namespace mapping 0..65536 to 200000..265536.
     let pidfile = t.join("ns.pid");
     let mut holder = match Command::new("unshare")
@@ -874,14 +907,17 @@ fn idmapped_mount_shifts_owners() {
 /// ending) gc frees them.
 #[test]
 fn gc_keeps_mounted_images() {
-    let Some(tmp) = root_tmp("strata-mount-gc-") else {
+    let Some(ImageSetup {
+        tmp,
+        src,
+        repo,
+        mnt,
+        id: _,
+    }) = image_setup("strata-mount-gc-")
+    else {
         return;
     };
     let t = tmp.path();
-    let (src, repo, mnt) = (t.join("src"), t.join("repo"), t.join("mnt"));
-    fs::create_dir_all(&mnt).unwrap();
-    make_source(&src);
-    ok(&strata(&repo, os!["create-image", src.as_os_str(), "img"]));
     let gc = || ok(&strata(&repo, os!["gc"]));
     let big = fs::read(src.join("usr/lib/big.bin")).unwrap();
 
