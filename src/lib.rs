@@ -14,6 +14,7 @@ pub mod dumpfile;
 pub mod fsverity;
 pub mod mount;
 pub mod oci;
+pub mod registry;
 pub mod repo;
 #[allow(unsafe_code)]
 mod sys;
