@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use strata::oci::source::{VerifiedReader, MT_DOCKER_CONFIG, MT_DOCKER_LIST, MT_DOCKER_MANIFEST};
+use strata::oci::manifest::{MT_DOCKER_CONFIG, MT_DOCKER_LIST, MT_DOCKER_MANIFEST};
+use strata::oci::source::VerifiedReader;
 use strata::oci::{
     write_layout, Compression, ImageRef, LayerDesc, OciSource, PlatformSpec, Reference, SourceError,
 };

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::source::{OciSource, PlatformSpec, ResolvedImage, SourceError};
+use super::error::SourceError;
+use super::manifest::{self, PlatformSpec, ResolvedImage};
+use super::source::{self as src_mod, ImageSource};
 use super::{splitstream, ImageRef, LayerEntry, LayerError};
 use crate::fsverity::Digest;
 use crate::repo::{Record, RepoError, Repository};
@@ -127,6 +129,13 @@ struct LayerResult {
     imported: bool,
 }
 
+/// Opens the source a pull names: `oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`.
+pub fn open_source(source: &str, _opts: &PullOptions) -> Result<Box<dyn ImageSource>, PullError> {
+    let r = ImageRef::parse(source)?;
+    let reference = r.reference().cloned();
+    Ok(Box::new(super::OciSource::open(&r)?.named(reference)))
+}
+
 /// Imports `source` (`oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`)
 /// into `repo`, tagging it `name` if given.
 pub fn pull(
@@ -139,12 +148,16 @@ pub fn pull(
     if let Some(n) = name {
         crate::repo::check_name(n)?;
     }
-    let r = ImageRef::parse(source)?;
-    let src = OciSource::open(&r)?;
-    let img = src.resolve(r.reference(), opts.platform.as_ref())?;
+    let src = open_source(source, opts)?;
+    let src = &*src;
+    let known = |digest: &str| -> Option<Vec<u8>> {
+        let obj = repo.get_ref("blobs", hex_of(digest))?;
+        repo.read_object(&obj).ok()
+    };
+    let choice = manifest::resolve_manifest(src, opts.platform.as_ref(), &known)?;
 
     // Already imported: just (re)tag it.
-    if let Some(record) = repo.get_ref("manifests", hex_of(&img.manifest_digest)) {
+    if let Some(record) = repo.get_ref("manifests", hex_of(&choice.manifest_digest)) {
         if let Some(id) = repo
             .read_object(&record)
             .ok()
@@ -156,7 +169,7 @@ pub fn pull(
             repo.commit_image_link(&id, name)?;
             return Ok(PullReport {
                 image_id: id.to_hex(),
-                manifest_digest: img.manifest_digest,
+                manifest_digest: choice.manifest_digest,
                 name: name.map(str::to_string),
                 already_present: true,
                 layers_imported: 0,
@@ -168,6 +181,7 @@ pub fn pull(
         }
     }
 
+    let img = manifest::load_image(src, choice)?;
     let trace = std::env::var_os("STRATA_TRACE").is_some();
     let stage = |what: &str| {
         if trace {
@@ -178,7 +192,7 @@ pub fn pull(
         }
     };
     stage("resolved");
-    let results = import_layers(repo, &src, &img, opts.progress.as_ref())?;
+    let results = import_layers(repo, src, &img, opts.progress.as_ref())?;
     stage("layers imported");
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
@@ -202,6 +216,11 @@ pub fn pull(
         .objects()
         .add_bytes(&img.config.raw)
         .map_err(RepoError::from)?;
+    let mut index_objs = Vec::with_capacity(img.indexes.len());
+    for (digest, raw) in &img.indexes {
+        let (obj, _) = repo.objects().add_bytes(raw).map_err(RepoError::from)?;
+        index_objs.push((digest.clone(), obj));
+    }
     let (image_id, _) = repo.objects().add_bytes(&image).map_err(RepoError::from)?;
     let info = OciInfo {
         source: source.to_string(),
@@ -221,7 +240,12 @@ pub fn pull(
             .collect(),
     };
     let mut keeps = vec![manifest_obj.object_path(), config_obj.object_path()];
-    let mut refs = vec![
+    keeps.extend(index_objs.iter().map(|(_, o)| o.object_path()));
+    let mut refs: Vec<(String, String)> = index_objs
+        .iter()
+        .map(|(d, _)| ("blobs".to_string(), hex_of(d).to_string()))
+        .collect();
+    refs.extend([
         (
             "blobs".to_string(),
             hex_of(&img.manifest_digest).to_string(),
@@ -231,7 +255,7 @@ pub fn pull(
             "manifests".to_string(),
             hex_of(&img.manifest_digest).to_string(),
         ),
-    ];
+    ]);
     for (l, r) in img.layers.iter().zip(&results) {
         keeps.push(r.splitstream.object_path());
         refs.push(("layers".to_string(), hex_of(&l.diff_id).to_string()));
@@ -268,6 +292,9 @@ pub fn pull(
     }
     repo.set_ref("blobs", hex_of(&img.manifest_digest), &manifest_obj)?;
     repo.set_ref("blobs", hex_of(&img.config_digest), &config_obj)?;
+    for (digest, obj) in &index_objs {
+        repo.set_ref("blobs", hex_of(digest), obj)?;
+    }
     repo.set_ref("records", &image_id.to_hex(), &record_obj)?;
     repo.set_ref("manifests", hex_of(&img.manifest_digest), &record_obj)?;
     if let Some(n) = name {
@@ -291,7 +318,7 @@ pub fn pull(
 /// are processed once.
 fn import_layers(
     repo: &Repository,
-    src: &OciSource,
+    src: &dyn ImageSource,
     img: &ResolvedImage,
     progress: Option<&indicatif::MultiProgress>,
 ) -> Result<Vec<LayerResult>, PullError> {
@@ -353,7 +380,7 @@ fn import_layers(
 
 fn import_one(
     repo: &Repository,
-    src: &OciSource,
+    src: &dyn ImageSource,
     layer: &super::LayerDesc,
     progress: Option<&indicatif::MultiProgress>,
 ) -> Result<LayerResult, PullError> {
@@ -371,7 +398,7 @@ fn import_one(
             imported: false,
         });
     }
-    let mut reader = src.open_layer(layer)?;
+    let mut reader = src_mod::open_layer(src, layer)?;
     let bar = layer_bar(progress, layer);
     let counted = Counted {
         inner: &mut reader,
@@ -407,8 +434,11 @@ fn import_one(
 /// After a layer failed to decode: a corrupt blob (wrong digest or size)
 /// usually shows first as a tar or decompression error; read the blob by
 /// itself so that the error names the real cause.
-fn blob_error(src: &OciSource, layer: &super::LayerDesc) -> Option<SourceError> {
-    src.open_blob(&layer.digest, layer.size)
+fn blob_error(src: &dyn ImageSource, layer: &super::LayerDesc) -> Option<SourceError> {
+    if !src.cheap_to_reread() {
+        return None;
+    }
+    src_mod::open_blob(src, &layer.digest, layer.size)
         .and_then(|mut b| {
             std::io::copy(&mut b, &mut std::io::sink())
                 .map(drop)

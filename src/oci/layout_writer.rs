@@ -13,10 +13,11 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::reference::is_valid_tag;
-use super::source::{
-    Compression, SourceError, ANNOTATION_REF_NAME, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
+use super::error::SourceError;
+use super::manifest::{
+    Compression, ANNOTATION_REF_NAME, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
+use super::reference::is_valid_tag;
 
 /// zstd level for exported layers (the zstd default: fast, with a good ratio).
 const ZSTD_LEVEL: i32 = 3;

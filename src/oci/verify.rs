@@ -9,7 +9,8 @@ use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
-use super::source::{Compression, SourceError};
+use super::error::SourceError;
+use super::manifest::Compression;
 
 /// Parse `sha256:<hex>` into raw bytes; other algorithms are not verifiable here.
 pub(crate) fn sha256_bytes(digest: &str) -> Result<[u8; 32], SourceError> {
@@ -182,7 +183,7 @@ impl<R: Read> Read for DiffIdReader<R> {
     }
 }
 
-/// A verified blob stream, as [`super::source::OciSource::open_blob`] returns it.
+/// A verified blob stream, as [`super::source::open_blob`] returns it.
 pub type BlobReader = VerifiedReader<Box<dyn Read + Send>>;
 
 const BUF: usize = 256 * 1024;

@@ -17,7 +17,7 @@ use erofs::tree::{
     Content, File, FileData, Inode, InodeId, Stat, Timespec, Tree, TreeBuilder, Xattr,
 };
 
-use crate::oci::{EntryData, EntryKind, LayerEntry};
+use super::entry::{EntryData, EntryKind, LayerEntry};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";

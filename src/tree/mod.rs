@@ -1,3 +1,4 @@
-//! Building trees: from a directory on disk (and later from OCI layers).
+//! Building trees: from a directory on disk and by applying layer entries.
 pub mod dir;
+pub mod entry;
 pub mod layers;
