@@ -6,6 +6,7 @@ pub mod info;
 pub mod mkcomposefs;
 pub mod mount;
 pub mod oci;
+pub mod registry;
 pub mod repo;
 
 use std::ffi::OsString;
@@ -72,16 +73,57 @@ enum Command {
     },
     /// Import an OCI image: every file over 64 bytes becomes an object, the tree an image.
     ///
-    /// SOURCE is oci:PATH[:TAG|@DIGEST] (an OCI image layout) or
-    /// oci-archive:FILE[:TAG] (a tar of one). Layers already in the repository
-    /// are not read again; nothing is tagged unless every blob verifies.
+    /// SOURCE is docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (a registry; no host means
+    /// docker.io, a one-word REPO means library/REPO, no tag means latest),
+    /// oci:PATH[:TAG|@DIGEST] (an OCI image layout) or oci-archive:FILE[:TAG] (a tar of
+    /// one). Layers already in the repository are not fetched again; every blob is checked
+    /// against its digest and size, every layer against its diff_id; nothing is tagged
+    /// unless everything verifies. An image already present costs one manifest request
+    /// (none when named by digest).
+    #[command(after_help = "Examples:\n  strata pull docker://quay.io/fedora/fedora:41 fedora\n  \
+                            strata pull docker://127.0.0.1:5000/app@sha256:… --tls-verify=false\n  \
+                            strata pull --platform linux/arm64 docker://debian:12 debian-arm\n  \
+                            strata pull oci:/srv/layouts/debian:12 debian\n\n\
+                            Credentials come from --creds, --authfile or the containers-auth.json(5) files\n\
+                            (strata login writes them); TLS CAs and client certificates from\n\
+                            /etc/containers/certs.d/HOST[:PORT]/; mirrors, insecure and blocked registries\n\
+                            from registries.conf(5).")]
     Pull {
         source: String,
         /// Name to tag the image with (a GC root).
+        #[arg(conflicts_with = "name_opt")]
         name: Option<String>,
+        /// Name to tag the image with (same as the second argument).
+        #[arg(long = "name", value_name = "NAME", id = "name_opt")]
+        name_opt: Option<String>,
         /// Platform to pick from a multi-platform index: os/arch[/variant] [default: this host].
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
+    },
+    /// Log in to a registry: check the credentials, then store them in auth.json (mode 0600).
+    #[command(after_help = "Examples:\n  strata login quay.io\n  \
+                            echo \"$TOKEN\" | strata login -u robot --password-stdin 127.0.0.1:5000")]
+    Login {
+        /// Registry HOST[:PORT] (optionally /NAMESPACE, to store credentials for it alone).
+        host: String,
+        /// User name (asked for on a terminal when not given).
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
+    },
+    /// Remove a registry's stored credentials from auth.json.
+    Logout {
+        /// Registry HOST[:PORT][/NAMESPACE].
+        host: String,
+        /// Credentials file [default: as for login].
+        #[arg(long, value_name = "FILE")]
+        authfile: Option<std::path::PathBuf>,
     },
     /// Show an imported image: manifest, config, layers (with media types and sizes), image id.
     Inspect {
@@ -91,15 +133,24 @@ enum Command {
     /// Layer operations.
     #[command(subcommand)]
     Layer(LayerCommand),
-    /// Write an imported image as an OCI layout with the same config and diff_ids.
+    /// Write an imported image as an OCI layout, or push it to a registry, with the same
+    /// config and diff_ids.
+    ///
+    /// Layers are rebuilt from their splitstreams and compressed; on a registry, blobs it
+    /// already has are not uploaded again (and are mounted from another repository of the
+    /// same registry when the image came from there).
+    #[command(after_help = "Examples:\n  strata export debian oci:/tmp/out:12\n  \
+                            strata export debian docker://127.0.0.1:5000/debian:12 --compress gzip")]
     Export {
         /// Image name or id.
         name: String,
-        /// Destination, oci:PATH:TAG.
+        /// Destination: oci:PATH:TAG or docker://HOST[:PORT]/REPO[:TAG].
         dest: String,
         /// Layer compression.
         #[arg(long, default_value = "zstd", value_parser = ["zstd", "gzip", "none"])]
         compress: String,
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
     },
     /// List named images: name, image id, image size, objects and their size.
     Images,
@@ -286,15 +337,31 @@ pub fn main() -> ExitCode {
         Command::Pull {
             source,
             name,
+            name_opt,
             platform,
-        } => oci::pull(&g, source, name.as_deref(), platform.as_deref()),
+            registry,
+        } => oci::pull(
+            &g,
+            source,
+            name.as_deref().or(name_opt.as_deref()),
+            platform.as_deref(),
+            registry,
+        ),
+        Command::Login {
+            host,
+            username,
+            password_stdin,
+            registry,
+        } => registry::login(&g, host, username.as_deref(), *password_stdin, registry),
+        Command::Logout { host, authfile } => registry::logout(&g, host, authfile.as_deref()),
         Command::Inspect { name } => oci::inspect(&g, name),
         Command::Layer(LayerCommand::Cat { diff_id }) => oci::layer_cat(&g, diff_id),
         Command::Export {
             name,
             dest,
             compress,
-        } => oci::export(&g, name, dest, compress),
+            registry,
+        } => oci::export(&g, name, dest, compress, registry),
         Command::Images => repo::images(&g),
         Command::Dump { name } => repo::dump(&g, name),
         Command::Rm { names } => repo::rm(&g, names),

@@ -4,19 +4,34 @@ use std::io::{self, Write};
 
 use anyhow::{bail, Context, Result};
 
+use super::registry::RegistryArgs;
 use super::repo::Global;
 use crate::fsverity::Digest;
 use crate::oci::import::{pull as do_pull, OciInfo, PullOptions};
 use crate::oci::{splitstream, Compression, ImageRef, PlatformSpec, Reference};
 use crate::repo::{LockMode, Repository};
 
-pub fn pull(g: &Global, source: &str, name: Option<&str>, platform: Option<&str>) -> Result<()> {
+pub fn pull(
+    g: &Global,
+    source: &str,
+    name: Option<&str>,
+    platform: Option<&str>,
+    reg: &RegistryArgs,
+) -> Result<()> {
     let repo = g.open_repo(LockMode::Shared)?;
     use std::io::IsTerminal;
+    let progress =
+        (!g.quiet && !g.json && io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+    let registry = if source.starts_with("docker:") {
+        Some(reg.client(g, progress.as_ref())?)
+    } else {
+        None
+    };
     let opts = PullOptions {
         platform: platform.map(PlatformSpec::parse).transpose()?,
-        progress: (!g.quiet && !g.json && io::stderr().is_terminal())
-            .then(indicatif::MultiProgress::new),
+        progress,
+        registry,
+        jobs: reg.jobs.map(|j| j as usize),
     };
     let r = do_pull(&repo, source, name, &opts).with_context(|| format!("pull {source}"))?;
     if g.json {
@@ -38,6 +53,12 @@ pub fn pull(g: &Global, source: &str, name: Option<&str>, platform: Option<&str>
                     ""
                 }
             );
+            if let Some(n) = &r.network {
+                eprintln!(
+                    "strata: {} bytes fetched in {} requests ({} retries, {} resumed transfers)",
+                    n.bytes_fetched, n.requests, n.retries, n.resumes
+                );
+            }
         }
     }
     Ok(())
@@ -136,25 +157,54 @@ pub fn layer_cat(g: &Global, diff_id: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn export(g: &Global, name: &str, dest: &str, compress: &str) -> Result<()> {
+pub fn export(
+    g: &Global,
+    name: &str,
+    dest: &str,
+    compress: &str,
+    reg: &RegistryArgs,
+) -> Result<()> {
     let compression = match compress {
         "zstd" => Compression::Zstd,
         "gzip" => Compression::Gzip,
         "none" => Compression::None,
         other => bail!("unknown compression {other:?} (zstd, gzip or none)"),
     };
+    if dest.starts_with("docker:") {
+        return export_registry(g, name, dest, compression, reg);
+    }
     let (path, tag) = match ImageRef::parse(dest)? {
         ImageRef::Layout {
             path,
             reference: Some(Reference::Tag(t)),
         } => (path, t),
-        _ => bail!("export destination must be oci:PATH:TAG, got {dest:?}"),
+        _ => bail!("export destination must be oci:PATH:TAG or docker://HOST/REPO[:TAG], got {dest:?}"),
     };
+    let digest = export_layout(g, name, &path, &tag, compression)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"manifest_digest": digest, "path": path.display().to_string(), "tag": tag})
+        );
+    } else {
+        println!("{digest}");
+    }
+    Ok(())
+}
+
+/// Write the image as an OCI layout at `path` under `tag`; returns the manifest digest.
+fn export_layout(
+    g: &Global,
+    name: &str,
+    path: &std::path::Path,
+    tag: &str,
+    compression: Compression,
+) -> Result<String> {
     let repo = g.open_existing(LockMode::Shared)?;
     let (_, info) = oci_info(&repo, name)?;
     let config = blob(&repo, &info.config_digest)?;
     let objects = repo.objects();
-    std::thread::scope(|s| -> Result<()> {
+    std::thread::scope(|s| -> Result<String> {
         let mut layers = Vec::new();
         let mut feeders = Vec::new();
         for l in &info.layers {
@@ -169,19 +219,68 @@ pub fn export(g: &Global, name: &str, dest: &str, compress: &str) -> Result<()> 
             }));
             layers.push((l.diff_id.clone(), reader));
         }
-        let res = crate::oci::write_layout(&path, &tag, &config, layers, compression);
+        let res = crate::oci::write_layout(path, tag, &config, layers, compression);
         for f in feeders {
             f.join().expect("layer writer thread")?;
         }
-        let digest = res?;
-        if g.json {
-            println!(
-                "{}",
-                serde_json::json!({"manifest_digest": digest, "path": path.display().to_string(), "tag": tag})
-            );
-        } else {
-            println!("{digest}");
-        }
-        Ok(())
+        Ok(res?)
     })
+}
+
+/// `export NAME docker://…`: the layout in a temporary directory, then its blobs and
+/// manifest to the registry.
+fn export_registry(
+    g: &Global,
+    name: &str,
+    dest: &str,
+    compression: Compression,
+    reg: &RegistryArgs,
+) -> Result<()> {
+    let r = crate::registry::Reference::parse(dest)?;
+    if r.digest.is_some() {
+        bail!("export {dest}: a push destination takes a tag, not a digest");
+    }
+    let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+    let client = reg.client(g, None)?;
+    let image = client.image_direct(&r);
+    // Blobs the image came from on the same registry can be mounted instead of sent.
+    let mount_from = {
+        let repo = g.open_existing(LockMode::Shared)?;
+        let (_, info) = oci_info(&repo, name)?;
+        info.source
+            .strip_prefix("docker://")
+            .and_then(|s| crate::registry::Reference::parse(s).ok())
+            .filter(|src| src.registry == r.registry)
+            .map(|src| src.repository)
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("strata-export-")
+        .tempdir()
+        .context("creating a temporary layout")?;
+    export_layout(g, name, tmp.path(), "push", compression)?;
+    let report = crate::oci::push::push_layout(
+        tmp.path(),
+        "push",
+        &image,
+        &tag,
+        mount_from.as_deref(),
+        reg.jobs.unwrap_or(4) as usize,
+    )
+    .with_context(|| format!("export {dest}"))?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.manifest_digest);
+        if !g.quiet {
+            eprintln!(
+                "strata: pushed {}: {} blobs uploaded, {} already there, {} mounted ({} bytes sent)",
+                report.destination,
+                report.blobs_uploaded,
+                report.blobs_existing,
+                report.blobs_mounted,
+                report.network.bytes_sent
+            );
+        }
+    }
+    Ok(())
 }

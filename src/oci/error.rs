@@ -10,6 +10,8 @@ use super::manifest::MAX_JSON_SIZE;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -134,7 +136,25 @@ impl SourceError {
             let inner = e.into_inner().expect("checked above");
             return *inner.downcast::<SourceError>().expect("checked above");
         }
+        if e
+            .get_ref()
+            .is_some_and(|i| i.is::<crate::registry::RegistryError>())
+        {
+            let inner = e.into_inner().expect("checked above");
+            return SourceError::Registry(
+                *inner
+                    .downcast::<crate::registry::RegistryError>()
+                    .expect("checked above"),
+            );
+        }
         SourceError::Read(e)
+    }
+
+    /// Does this `io::Error` carry one of our own errors (verification, registry)?
+    pub fn is_ours(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|i| {
+            i.is::<SourceError>() || i.is::<crate::registry::RegistryError>()
+        })
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {

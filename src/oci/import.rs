@@ -78,23 +78,30 @@ pub struct PullReport {
     pub objects_written: u64,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// Network figures for registry sources: requests, bytes fetched, retries, resumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::registry::StatsSnapshot>,
 }
 
 /// Options for [`pull`].
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
     pub platform: Option<PlatformSpec>,
+    /// The registry client for `docker://` sources (one is made with defaults if none).
+    pub registry: Option<crate::registry::Client>,
+    /// Layers fetched and imported at once [default: 4].
+    pub jobs: Option<usize>,
     /// Where to draw one progress bar per layer (bytes and files); none: quiet.
     pub progress: Option<indicatif::MultiProgress>,
 }
 
-/// Counts the bytes read through it into a progress bar.
-struct Counted<'a, R> {
+/// Counts the (compressed) bytes read through it into a progress bar.
+struct Counted<R> {
     inner: R,
-    bar: &'a indicatif::ProgressBar,
+    bar: indicatif::ProgressBar,
 }
 
-impl<R: Read> Read for Counted<'_, R> {
+impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bar.inc(n as u64);
@@ -109,10 +116,12 @@ fn layer_bar(
     let Some(mp) = progress else {
         return indicatif::ProgressBar::hidden();
     };
-    let pb = mp.add(indicatif::ProgressBar::no_length());
+    let pb = mp.add(indicatif::ProgressBar::new(layer.size));
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {prefix} {bytes} {bytes_per_sec} {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix} {bar:24} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
     );
     let short = hex_of(&layer.digest);
     pb.set_prefix(format!("layer {}", &short[..short.len().min(12)]));
@@ -129,11 +138,38 @@ struct LayerResult {
     imported: bool,
 }
 
-/// Opens the source a pull names: `oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`.
-pub fn open_source(source: &str, _opts: &PullOptions) -> Result<Box<dyn ImageSource>, PullError> {
+/// A source opened for a pull, with the canonical name recorded for it.
+pub struct OpenedSource {
+    pub source: Box<dyn ImageSource>,
+    /// `docker://registry/repository:tag` normalised, or the layout reference as given.
+    pub canonical: String,
+    client: Option<crate::registry::Client>,
+}
+
+/// Opens the source a pull names: `docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`,
+/// `oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`.
+pub fn open_source(source: &str, opts: &PullOptions) -> Result<OpenedSource, PullError> {
+    if source.starts_with("docker:") {
+        let reference = crate::registry::Reference::parse(source)
+            .map_err(|e| SourceError::from(crate::registry::RegistryError::from(e)))?;
+        let client = match &opts.registry {
+            Some(c) => c.clone(),
+            None => crate::registry::Client::new(Default::default()).map_err(SourceError::from)?,
+        };
+        let src = super::registry::RegistrySource::new(&client, &reference)?;
+        return Ok(OpenedSource {
+            source: Box::new(src),
+            canonical: format!("docker://{reference}"),
+            client: Some(client),
+        });
+    }
     let r = ImageRef::parse(source)?;
     let reference = r.reference().cloned();
-    Ok(Box::new(super::OciSource::open(&r)?.named(reference)))
+    Ok(OpenedSource {
+        source: Box::new(super::OciSource::open(&r)?.named(reference)),
+        canonical: source.to_string(),
+        client: None,
+    })
 }
 
 /// Imports `source` (`oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`)
@@ -148,8 +184,20 @@ pub fn pull(
     if let Some(n) = name {
         crate::repo::check_name(n)?;
     }
-    let src = open_source(source, opts)?;
-    let src = &*src;
+    let opened = open_source(source, opts)?;
+    let src = &*opened.source;
+    let before = opened.client.as_ref().map(|c| c.stats());
+    let network = || -> Option<crate::registry::StatsSnapshot> {
+        let (c, b) = (opened.client.as_ref()?, before?);
+        let a = c.stats();
+        Some(crate::registry::StatsSnapshot {
+            requests: a.requests - b.requests,
+            bytes_fetched: a.bytes_fetched - b.bytes_fetched,
+            bytes_sent: a.bytes_sent - b.bytes_sent,
+            retries: a.retries - b.retries,
+            resumes: a.resumes - b.resumes,
+        })
+    };
     let known = |digest: &str| -> Option<Vec<u8>> {
         let obj = repo.get_ref("blobs", hex_of(digest))?;
         repo.read_object(&obj).ok()
@@ -177,6 +225,7 @@ pub fn pull(
                 objects_written: 0,
                 bytes_written: 0,
                 seconds: t0.elapsed().as_secs_f64(),
+                network: network(),
             });
         }
     }
@@ -192,7 +241,7 @@ pub fn pull(
         }
     };
     stage("resolved");
-    let results = import_layers(repo, src, &img, opts.progress.as_ref())?;
+    let results = import_layers(repo, src, &img, opts)?;
     stage("layers imported");
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
@@ -223,7 +272,7 @@ pub fn pull(
     }
     let (image_id, _) = repo.objects().add_bytes(&image).map_err(RepoError::from)?;
     let info = OciInfo {
-        source: source.to_string(),
+        source: opened.canonical.clone(),
         manifest_digest: img.manifest_digest.clone(),
         config_digest: img.config_digest.clone(),
         layers: img
@@ -311,6 +360,7 @@ pub fn pull(
         objects_written,
         bytes_written,
         seconds: t0.elapsed().as_secs_f64(),
+        network: network(),
     })
 }
 
@@ -320,8 +370,9 @@ fn import_layers(
     repo: &Repository,
     src: &dyn ImageSource,
     img: &ResolvedImage,
-    progress: Option<&indicatif::MultiProgress>,
+    opts: &PullOptions,
 ) -> Result<Vec<LayerResult>, PullError> {
+    let progress = opts.progress.as_ref();
     let mut unique: Vec<usize> = Vec::new();
     for (i, l) in img.layers.iter().enumerate() {
         if !img.layers[..i].iter().any(|o| o.diff_id == l.diff_id) {
@@ -331,11 +382,11 @@ fn import_layers(
     // Plain threads, not rayon: layer import blocks on its own worker
     // queues, and the workers use the rayon pool for hashing; blocking rayon
     // threads on them would deadlock. A few layers at a time bound memory.
-    let lanes = unique.len().min(
+    let lanes = unique.len().min(opts.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .clamp(2, 4),
-    );
+            .clamp(2, 4)
+    }));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<(usize, Result<LayerResult, PullError>)>> =
         Default::default();
@@ -398,13 +449,14 @@ fn import_one(
             imported: false,
         });
     }
-    let mut reader = src_mod::open_layer(src, layer)?;
     let bar = layer_bar(progress, layer);
-    let counted = Counted {
-        inner: &mut reader,
-        bar: &bar,
+    let raw = Counted {
+        inner: src.open_raw_blob(&layer.digest, layer.size)?,
+        bar: bar.clone(),
     };
-    let imported = splitstream::import_layer(counted, repo.objects()).map_err(|e| {
+    let blob = super::source::VerifiedReader::new(Box::new(raw) as Box<dyn Read + Send>, &layer.digest, layer.size)?;
+    let mut reader = super::source::LayerReader::new(blob, layer.compression, &layer.diff_id)?;
+    let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| {
         // A corrupt blob usually shows first as a tar or decompression error.
         match blob_error(src, layer) {
             Some(blob) => PullError::Source(blob),
@@ -451,8 +503,7 @@ fn layer_error(layer: &super::LayerDesc, e: LayerError) -> PullError {
     match e {
         // Verification failures (digest, size, diff_id) travel through the
         // tar reader as I/O errors carrying the source's own error.
-        LayerError::Io { source, .. }
-            if source.get_ref().is_some_and(|i| i.is::<SourceError>()) =>
+        LayerError::Io { source, .. } if SourceError::is_ours(&source) =>
         {
             PullError::Source(SourceError::from_io(source))
         }

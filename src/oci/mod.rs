@@ -11,7 +11,9 @@ pub mod import;
 pub mod layout;
 pub mod layout_writer;
 pub mod manifest;
+pub mod push;
 pub mod reference;
+pub mod registry;
 pub mod source;
 mod verify;
 

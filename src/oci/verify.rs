@@ -232,11 +232,11 @@ impl<R: BufRead> Decompress<R> {
     /// blob: if the blob itself is corrupt (digest or size), that is the one real cause and
     /// is reported instead of the decoder's complaint.
     fn decode_error(&mut self, e: io::Error) -> io::Error {
-        if e.get_ref().is_some_and(|i| i.is::<SourceError>()) {
+        if SourceError::is_ours(&e) {
             return e;
         }
         if let Err(verify) = io::copy(self.inner(), &mut io::sink()) {
-            if verify.get_ref().is_some_and(|i| i.is::<SourceError>()) {
+            if SourceError::is_ours(&verify) {
                 return verify;
             }
         }
