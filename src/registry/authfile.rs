@@ -253,7 +253,7 @@ fn lookup_in_file(
                 covers.then_some((k.len(), k == *key, key, value))
             })
             .collect();
-        candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        candidates.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
         for (_, _, key, value) in candidates {
             if let Some(cred) = entry_credential(key, value).map_err(invalid)? {
                 return Ok(Some(cred));

@@ -109,11 +109,11 @@ fn collects_cas_and_the_first_client_pair() {
     assert_eq!(client.certs()[1].der(), c.cas[0].der());
 
     // Each key form alone.
-    let c = collect(&[etc.clone()]).unwrap();
+    let c = collect(std::slice::from_ref(&etc)).unwrap();
     assert_eq!(kind(&c), "PrivateKey { kind: Pkcs1 }");
     std::fs::remove_file(user.join("a.cert")).unwrap();
     std::fs::remove_file(user.join("a.key")).unwrap();
-    let c = collect(&[user.clone()]).unwrap();
+    let c = collect(std::slice::from_ref(&user)).unwrap();
     assert_eq!(kind(&c), "PrivateKey { kind: Pkcs8 }");
 
     // The configuration built from it.
@@ -124,14 +124,16 @@ fn collects_cas_and_the_first_client_pair() {
         RootCerts::Specific(roots) => assert_eq!(roots.len(), system_roots().len() + 2),
         other => panic!("{other:?}"),
     }
-    let cfg = build_config(&[], collect(&[user.clone()]).unwrap(), true);
+    let cfg = build_config(&[], collect(std::slice::from_ref(&user)).unwrap(), true);
     assert!(!cfg.disable_verification());
     assert!(matches!(cfg.root_certs(), RootCerts::Specific(r) if r.len() == 2));
 
     // Unpaired files are errors naming the file.
     std::fs::remove_file(user.join("b.key")).unwrap();
     assert_eq!(
-        collect(&[user.clone()]).unwrap_err().to_string(),
+        collect(std::slice::from_ref(&user))
+            .unwrap_err()
+            .to_string(),
         format!(
             "{}: client certificate without its key b.key",
             user.join("b.cert").display()
@@ -140,7 +142,9 @@ fn collects_cas_and_the_first_client_pair() {
     std::fs::remove_file(user.join("b.cert")).unwrap();
     std::fs::write(user.join("c.key"), read(&gen, "client.p8")).unwrap();
     assert_eq!(
-        collect(&[user.clone()]).unwrap_err().to_string(),
+        collect(std::slice::from_ref(&user))
+            .unwrap_err()
+            .to_string(),
         format!(
             "{}: client key without its certificate c.cert",
             user.join("c.key").display()
@@ -150,7 +154,9 @@ fn collects_cas_and_the_first_client_pair() {
     std::fs::write(user.join("c.cert"), read(&gen, "client.pem")).unwrap();
     std::fs::write(user.join("c.key"), read(&gen, "ca1.pem")).unwrap();
     assert_eq!(
-        collect(&[user.clone()]).unwrap_err().to_string(),
+        collect(std::slice::from_ref(&user))
+            .unwrap_err()
+            .to_string(),
         format!(
             "{}: no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
             user.join("c.key").display()
@@ -171,7 +177,7 @@ fn collects_cas_and_the_first_client_pair() {
     )
     .unwrap();
     std::fs::write(user.join("c.key"), read(&gen, "enc.p8")).unwrap();
-    assert!(collect(&[user.clone()])
+    assert!(collect(std::slice::from_ref(&user))
         .unwrap_err()
         .to_string()
         .ends_with("no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) in it"));
