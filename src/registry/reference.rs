@@ -54,7 +54,12 @@ impl Reference {
             input: s.to_string(),
             why,
         };
-        let body = s.strip_prefix("docker://").unwrap_or(s);
+        // `docker://X`, or `//X` when a caller already split off the `docker:` transport.
+        let body = s.strip_prefix("docker:").unwrap_or(s);
+        let body = match body.strip_prefix("//") {
+            Some(body) => body,
+            None => s,
+        };
         if body.is_empty() {
             return Err(invalid("empty reference"));
         }

@@ -273,3 +273,18 @@ fn display_round_trips() {
         assert_eq!(ok(&r.to_string()), r);
     }
 }
+
+proptest::proptest! {
+    /// Any input: no panic; whatever parses prints back to itself.
+    #[test]
+    fn never_panics_and_round_trips(s in "(docker://)?[a-zA-Z0-9.:/@_\\[\\]-]{0,80}") {
+        if let Ok(r) = Reference::parse(&s) {
+            proptest::prop_assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn never_panics_on_any_text(s in "\\PC{0,40}") {
+        let _ = Reference::parse(&s);
+    }
+}
