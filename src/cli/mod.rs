@@ -80,14 +80,16 @@ enum Command {
     /// against its digest and size, every layer against its diff_id; nothing is tagged
     /// unless everything verifies. An image already present costs one manifest request
     /// (none when named by digest).
-    #[command(after_help = "Examples:\n  strata pull docker://quay.io/fedora/fedora:41 fedora\n  \
+    #[command(
+        after_help = "Examples:\n  strata pull docker://quay.io/fedora/fedora:41 fedora\n  \
                             strata pull docker://127.0.0.1:5000/app@sha256:… --tls-verify=false\n  \
                             strata pull --platform linux/arm64 docker://debian:12 debian-arm\n  \
                             strata pull oci:/srv/layouts/debian:12 debian\n\n\
                             Credentials come from --creds, --authfile or the containers-auth.json(5) files\n\
                             (strata login writes them); TLS CAs and client certificates from\n\
                             /etc/containers/certs.d/HOST[:PORT]/; mirrors, insecure and blocked registries\n\
-                            from registries.conf(5).")]
+                            from registries.conf(5)."
+    )]
     Pull {
         source: String,
         /// Name to tag the image with (a GC root).

@@ -178,7 +178,9 @@ pub fn export(
             path,
             reference: Some(Reference::Tag(t)),
         } => (path, t),
-        _ => bail!("export destination must be oci:PATH:TAG or docker://HOST/REPO[:TAG], got {dest:?}"),
+        _ => bail!(
+            "export destination must be oci:PATH:TAG or docker://HOST/REPO[:TAG], got {dest:?}"
+        ),
     };
     let digest = export_layout(g, name, &path, &tag, compression)?;
     if g.json {

@@ -52,7 +52,11 @@ impl RegistryArgs {
 
     /// A client whose retries and resumes are shown on `progress` (a terminal) or, with
     /// -v, as lines on stderr.
-    pub fn client(&self, g: &Global, progress: Option<&indicatif::MultiProgress>) -> Result<Client> {
+    pub fn client(
+        &self,
+        g: &Global,
+        progress: Option<&indicatif::MultiProgress>,
+    ) -> Result<Client> {
         let mut opts = self.options();
         if !g.quiet && !g.json && (progress.is_some() || g.verbose) {
             let mp = progress.cloned();
@@ -86,7 +90,9 @@ fn event_line(e: &Event) -> String {
             registry,
             digest,
             offset,
-        } => format!("strata: {registry}: blob {digest}: connection lost; resuming at byte {offset}"),
+        } => {
+            format!("strata: {registry}: blob {digest}: connection lost; resuming at byte {offset}")
+        }
     }
 }
 
@@ -134,7 +140,10 @@ pub fn login(
             serde_json::json!({"registry": key, "authfile": path.display().to_string()})
         );
     } else if !g.quiet {
-        eprintln!("strata: login succeeded for {key} (saved in {})", path.display());
+        eprintln!(
+            "strata: login succeeded for {key} (saved in {})",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -144,7 +153,10 @@ pub fn logout(g: &Global, host: &str, authfile_path: Option<&std::path::Path>) -
     let key = normalise_key(host);
     let removed = authfile::logout(authfile_path, &key).with_context(|| format!("logout {key}"))?;
     if g.json {
-        println!("{}", serde_json::json!({"registry": key, "removed": removed}));
+        println!(
+            "{}",
+            serde_json::json!({"registry": key, "removed": removed})
+        );
     } else if !removed {
         bail!("logout {key}: not logged in");
     } else if !g.quiet {

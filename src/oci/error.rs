@@ -136,8 +136,7 @@ impl SourceError {
             let inner = e.into_inner().expect("checked above");
             return *inner.downcast::<SourceError>().expect("checked above");
         }
-        if e
-            .get_ref()
+        if e.get_ref()
             .is_some_and(|i| i.is::<crate::registry::RegistryError>())
         {
             let inner = e.into_inner().expect("checked above");
@@ -152,9 +151,8 @@ impl SourceError {
 
     /// Does this `io::Error` carry one of our own errors (verification, registry)?
     pub fn is_ours(e: &io::Error) -> bool {
-        e.get_ref().is_some_and(|i| {
-            i.is::<SourceError>() || i.is::<crate::registry::RegistryError>()
-        })
+        e.get_ref()
+            .is_some_and(|i| i.is::<SourceError>() || i.is::<crate::registry::RegistryError>())
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {

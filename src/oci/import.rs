@@ -454,7 +454,11 @@ fn import_one(
         inner: src.open_raw_blob(&layer.digest, layer.size)?,
         bar: bar.clone(),
     };
-    let blob = super::source::VerifiedReader::new(Box::new(raw) as Box<dyn Read + Send>, &layer.digest, layer.size)?;
+    let blob = super::source::VerifiedReader::new(
+        Box::new(raw) as Box<dyn Read + Send>,
+        &layer.digest,
+        layer.size,
+    )?;
     let mut reader = super::source::LayerReader::new(blob, layer.compression, &layer.diff_id)?;
     let imported = splitstream::import_layer(&mut reader, repo.objects()).map_err(|e| {
         // A corrupt blob usually shows first as a tar or decompression error.
@@ -503,8 +507,7 @@ fn layer_error(layer: &super::LayerDesc, e: LayerError) -> PullError {
     match e {
         // Verification failures (digest, size, diff_id) travel through the
         // tar reader as I/O errors carrying the source's own error.
-        LayerError::Io { source, .. } if SourceError::is_ours(&source) =>
-        {
+        LayerError::Io { source, .. } if SourceError::is_ours(&source) => {
             PullError::Source(SourceError::from_io(source))
         }
         e => PullError::Layer {

@@ -14,7 +14,7 @@ use oci_spec::image::ImageManifest;
 
 use super::error::SourceError;
 use super::layout::OciSource;
-use super::manifest::{MT_OCI_MANIFEST, MAX_JSON_SIZE};
+use super::manifest::{MAX_JSON_SIZE, MT_OCI_MANIFEST};
 use super::reference::Reference as LayoutRef;
 use crate::registry::push::PushOutcome;
 use crate::registry::{ImageClient, StatsSnapshot};
@@ -60,7 +60,9 @@ pub fn push_layout(
         for _ in 0..jobs.clamp(1, blobs.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((digest, size)) = blobs.get(i) else { break };
+                let Some((digest, size)) = blobs.get(i) else {
+                    break;
+                };
                 let r = (|| {
                     let path = dir.join("blobs/sha256").join(&digest["sha256:".len()..]);
                     let mut f = File::open(&path).map_err(SourceError::io(&path))?;

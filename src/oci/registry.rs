@@ -43,7 +43,9 @@ impl ImageSource for RegistrySource {
                 media_type: None,
             });
         }
-        let m = self.image.get_manifest(r.manifest_reference(), MAX_JSON_SIZE)?;
+        let m = self
+            .image
+            .get_manifest(r.manifest_reference(), MAX_JSON_SIZE)?;
         // The registry's digest when it gave a sha256 one (then the bytes must match it),
         // else the digest of the bytes themselves.
         let digest = match m.digest {

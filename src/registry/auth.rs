@@ -158,7 +158,10 @@ impl TokenCache {
     }
 
     pub fn put(&self, key: String, token: String, lifetime: Duration) {
-        let until = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN).max(Duration::from_secs(1));
+        let until = Instant::now()
+            + lifetime
+                .saturating_sub(EXPIRY_MARGIN)
+                .max(Duration::from_secs(1));
         self.tokens
             .lock()
             .expect("token cache lock")
@@ -191,7 +194,10 @@ mod tests {
 
     #[test]
     fn bearer_preferred_over_basic_and_case_insensitive() {
-        let c = parse_challenges([r#"Basic realm="x""#, r#"bearer Realm=http://t/tok, Service = s"#]);
+        let c = parse_challenges([
+            r#"Basic realm="x""#,
+            r#"bearer Realm=http://t/tok, Service = s"#,
+        ]);
         assert_eq!(
             c,
             Some(Challenge::Bearer {
@@ -200,7 +206,10 @@ mod tests {
                 scope: None,
             })
         );
-        assert_eq!(parse_challenges([r#"Basic realm="Registry Realm""#]), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenges([r#"Basic realm="Registry Realm""#]),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenges(["Negotiate"]), None);
         assert_eq!(parse_challenges(["Bearer service=\"no realm\""]), None);
         assert_eq!(
@@ -215,7 +224,8 @@ mod tests {
 
     #[test]
     fn token_response_fields() {
-        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"A","expires_in":300}"#).unwrap();
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"A","expires_in":300}"#).unwrap();
         assert_eq!(t.into_token(), Some(("A".into(), Duration::from_secs(300))));
         let t: TokenResponse = serde_json::from_str(r#"{"token":"T","access_token":"A"}"#).unwrap();
         assert_eq!(t.into_token(), Some(("T".into(), Duration::from_secs(60))));

@@ -18,7 +18,9 @@ use ureq::http::{header, Method, StatusCode};
 
 use super::conf::Endpoint;
 use super::error::RegistryError;
-use super::http::{error_message, header_str, ClientOptions, Event, Req, ReqBody, StatsSnapshot, Transport};
+use super::http::{
+    error_message, header_str, ClientOptions, Event, Req, ReqBody, StatsSnapshot, Transport,
+};
 use super::reference::Reference;
 
 /// Media types a manifest request accepts.
@@ -35,7 +37,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("opts", &self.t.opts).finish()
+        f.debug_struct("Client")
+            .field("opts", &self.t.opts)
+            .finish()
     }
 }
 
@@ -143,7 +147,10 @@ impl ImageClient {
 
     /// The endpoint in use (the one that last answered).
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoints[self.current.load(Ordering::Relaxed).min(self.endpoints.len() - 1)]
+        &self.endpoints[self
+            .current
+            .load(Ordering::Relaxed)
+            .min(self.endpoints.len() - 1)]
     }
 
     /// Endpoint indexes to try: the current one first, then the others in order.
@@ -174,7 +181,11 @@ impl ImageClient {
     }
 
     /// GET a manifest by tag or digest, at most `limit` bytes.
-    pub fn get_manifest(&self, reference: &str, limit: u64) -> Result<FetchedManifest, RegistryError> {
+    pub fn get_manifest(
+        &self,
+        reference: &str,
+        limit: u64,
+    ) -> Result<FetchedManifest, RegistryError> {
         self.each_endpoint(|ep| self.get_manifest_at(ep, reference, limit))
     }
 
@@ -410,11 +421,12 @@ impl BlobStream {
             // The registry ignored Range: skip what we already have (those bytes were
             // hashed on their first arrival).
             let mut skip = (&mut body).take(offset);
-            let skipped = io::copy(&mut skip, &mut io::sink()).map_err(|source| RegistryError::Io {
-                registry: self.image.endpoint().host.clone(),
-                what: format!("blob {}", self.digest),
-                source,
-            })?;
+            let skipped =
+                io::copy(&mut skip, &mut io::sink()).map_err(|source| RegistryError::Io {
+                    registry: self.image.endpoint().host.clone(),
+                    what: format!("blob {}", self.digest),
+                    source,
+                })?;
             self.image
                 .transport()
                 .stats
@@ -451,7 +463,10 @@ impl BlobStream {
             digest: self.digest.clone(),
             offset: self.pos,
         });
-        let pause = t.opts.retry_base.saturating_mul(1 << (self.resumes - 1).min(6));
+        let pause = t
+            .opts
+            .retry_base
+            .saturating_mul(1 << (self.resumes - 1).min(6));
         std::thread::sleep(pause.min(std::time::Duration::from_secs(10)));
         self.open_at(self.pos).map_err(io::Error::other)
     }

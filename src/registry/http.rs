@@ -176,7 +176,8 @@ pub fn is_loopback(host: &str) -> bool {
     if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
         return true;
     }
-    h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn strip_port(host: &str) -> &str {
@@ -272,7 +273,7 @@ pub fn error_message(resp: Response<ureq::Body>) -> String {
     }
 }
 
-pub fn header_str<'a>(resp: &'a Response<ureq::Body>, name: header::HeaderName) -> Option<&'a str> {
+pub fn header_str(resp: &Response<ureq::Body>, name: header::HeaderName) -> Option<&str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -280,7 +281,10 @@ enum Failure {
     /// Send again at once (the scheme changed); not a retry.
     Again,
     /// Worth another attempt: connection trouble or a 429/5xx.
-    Retry { cause: String, after: Option<Duration> },
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+    },
     Fatal(RegistryError),
 }
 
@@ -359,7 +363,11 @@ impl Transport {
         }
     }
 
-    fn credential(&self, host: &str, repository: &str) -> Result<Option<Credential>, RegistryError> {
+    fn credential(
+        &self,
+        host: &str,
+        repository: &str,
+    ) -> Result<Option<Credential>, RegistryError> {
         let registry = credential_registry(host);
         let key = format!("{registry}/{repository}");
         if let Some(c) = self.creds.lock().expect("creds lock").get(&key) {
@@ -383,13 +391,18 @@ impl Transport {
 
     /// The `Authorization` value for a request to `host`, from what the host asked for
     /// before (no challenge yet: none).
-    fn authorization(&self, req: &Req, challenge: &Challenge) -> Result<Option<String>, RegistryError> {
+    fn authorization(
+        &self,
+        req: &Req,
+        challenge: &Challenge,
+    ) -> Result<Option<String>, RegistryError> {
         let cred = self.credential(req.host, req.repository)?;
         match challenge {
             Challenge::Basic => Ok(match cred {
                 Some(Credential::Basic { username, password }) => Some(format!(
                     "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
                 )),
                 _ => None,
             }),
@@ -408,7 +421,8 @@ impl Transport {
                 if let Some(t) = self.tokens.get(&key) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
-                let (token, life) = self.fetch_token(req, realm, service.as_deref(), &scopes, cred)?;
+                let (token, life) =
+                    self.fetch_token(req, realm, service.as_deref(), &scopes, cred)?;
                 self.tokens.put(key, token.clone(), life);
                 Ok(Some(format!("Bearer {token}")))
             }
@@ -513,7 +527,11 @@ impl Transport {
                                 limit: auth::MAX_TOKEN_RESPONSE,
                             })?;
                         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                            self.proto(&registry, &what, format!("invalid token response: {}", e.classify_msg()))
+                            self.proto(
+                                &registry,
+                                &what,
+                                format!("invalid token response: {}", e.classify_msg()),
+                            )
                         })?;
                         return parsed.into_token().ok_or_else(|| {
                             self.proto(&registry, &what, "token response has no token".into())
@@ -607,7 +625,10 @@ impl Transport {
                 last: cause,
             });
         }
-        let exp = self.opts.retry_base.saturating_mul(1 << (attempt - 1).min(10));
+        let exp = self
+            .opts
+            .retry_base
+            .saturating_mul(1 << (attempt - 1).min(10));
         let jitter = exp.mul_f64(fastrand::f64() * 0.5);
         let delay = match after {
             Some(a) => a.min(MAX_RETRY_AFTER),
@@ -721,7 +742,11 @@ impl Transport {
                 }));
             }
             let (_, authority, _) = split_url(&url).ok_or_else(|| {
-                fatal(self.proto(req.host, req.what, format!("invalid URL {}", redact_query(&url))))
+                fatal(self.proto(
+                    req.host,
+                    req.what,
+                    format!("invalid URL {}", redact_query(&url)),
+                ))
             })?;
             let same_host = authority.eq_ignore_ascii_case(req.host);
             let agent = self.agent(authority).map_err(fatal)?;
@@ -752,15 +777,18 @@ impl Transport {
                         .map(|r| agent.run(r))?
                 }
             };
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let resp = match result {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    r
+                }
                 Err(e) => {
                     if same_host && url.starts_with("https://") {
                         if let Some(f) = self.tls_failure(req, &e) {
                             return Err(f);
                         }
                     }
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
                     return Err(self.classify(req.host, req.what, e));
                 }
             };
@@ -770,10 +798,18 @@ impl Transport {
                     return Ok(resp);
                 };
                 let Some(next) = resolve_location(&url, loc) else {
-                    return Err(fatal(self.proto(req.host, req.what, "invalid redirect".into())));
+                    return Err(fatal(self.proto(
+                        req.host,
+                        req.what,
+                        "invalid redirect".into(),
+                    )));
                 };
                 if !(next.starts_with("https://") || next.starts_with("http://")) {
-                    return Err(fatal(self.proto(req.host, req.what, "redirect to a non-HTTP URL".into())));
+                    return Err(fatal(self.proto(
+                        req.host,
+                        req.what,
+                        "redirect to a non-HTTP URL".into(),
+                    )));
                 }
                 if status == StatusCode::SEE_OTHER {
                     method = Method::GET;
@@ -795,15 +831,20 @@ impl Transport {
     /// A TLS failure on the first contact: switch to plain HTTP where that is allowed
     /// (then the caller's retry uses it at once), or explain.
     fn tls_failure(&self, req: &Req, e: &ureq::Error) -> Option<Failure> {
-        let (is_tls, cert_problem) = match e {
-            ureq::Error::Tls(_) => (true, false),
-            ureq::Error::Rustls(r) => (
+        let rustls_err = match e {
+            ureq::Error::Rustls(r) => Some(r),
+            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+            _ => None,
+        };
+        let (is_tls, cert_problem) = match (e, rustls_err) {
+            (_, Some(r)) => (
                 true,
                 matches!(
                     r,
                     rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
                 ),
             ),
+            (ureq::Error::Tls(_), None) => (true, false),
             _ => (false, false),
         };
         if !is_tls {
@@ -871,7 +912,12 @@ trait ClassifyMsg {
 impl ClassifyMsg for serde_json::Error {
     /// serde_json's message without echoing input (a token response may hold secrets).
     fn classify_msg(&self) -> String {
-        format!("{:?} error at line {} column {}", self.classify(), self.line(), self.column())
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
     }
 }
 
@@ -881,10 +927,22 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["127.0.0.1:5000", "127.0.0.2", "localhost:80", "[::1]:5000", "::1", "a.localhost"] {
+        for h in [
+            "127.0.0.1:5000",
+            "127.0.0.2",
+            "localhost:80",
+            "[::1]:5000",
+            "::1",
+            "a.localhost",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["10.0.0.1:5000", "example.com", "[2001:db8::1]:443", "localhost.example.com"] {
+        for h in [
+            "10.0.0.1:5000",
+            "example.com",
+            "[2001:db8::1]:443",
+            "localhost.example.com",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }
@@ -909,7 +967,13 @@ mod tests {
 
     #[test]
     fn percent_encoding() {
-        assert_eq!(pct("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
-        assert_eq!(redact_query("https://s3/x?X-Amz-Signature=secret"), "https://s3/x?…");
+        assert_eq!(
+            pct("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+        assert_eq!(
+            redact_query("https://s3/x?X-Amz-Signature=secret"),
+            "https://s3/x?…"
+        );
     }
 }

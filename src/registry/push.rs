@@ -103,9 +103,14 @@ impl ImageClient {
             scopes.push(format!("repository:{from}:pull"));
             path.push_str(&format!("?mount={}&from={}", pct(digest), pct(from)));
         }
-        let resp = self
-            .transport()
-            .send(&self.upload_req(Method::POST, path, vec![], ReqBody::None, scopes.clone(), &what))?;
+        let resp = self.transport().send(&self.upload_req(
+            Method::POST,
+            path,
+            vec![],
+            ReqBody::None,
+            scopes.clone(),
+            &what,
+        ))?;
         if resp.status() == StatusCode::CREATED && mount_from.is_some() {
             return Ok(PushOutcome::Mounted);
         }
