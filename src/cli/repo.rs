@@ -150,29 +150,48 @@ pub fn images(g: &Global) -> Result<()> {
     let mut infos = Vec::new();
     for (name, id) in repo.image_refs()? {
         match id.and_then(|id| repo.resolve(&id).ok()) {
-            Some(d) => infos.push(repo.image_info(Some(name), &d)?),
+            Some(d) => {
+                // Where an imported image came from (docker://…, oci:…); none for create-image.
+                let source = repo.record(&d).and_then(|r| {
+                    r.extra
+                        .get("oci")
+                        .and_then(|o| o.get("source"))
+                        .and_then(|s| s.as_str())
+                        .map(str::to_string)
+                });
+                infos.push((repo.image_info(Some(name), &d)?, source));
+            }
             None => g.note(&format!("ref {name} is dangling (run `strata fsck`)")),
         }
     }
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&infos)?);
+        let v: Vec<serde_json::Value> = infos
+            .iter()
+            .map(|(i, source)| {
+                let mut v = serde_json::to_value(i).expect("serializes");
+                v["source"] = serde_json::json!(source);
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<64} {:>10} {:>8} {:>12}",
+        "{:<24} {:<64} {:>10} {:>8} {:>12}  SOURCE",
         "NAME", "IMAGE ID", "IMAGE", "OBJECTS", "DATA"
     )?;
-    for i in infos {
+    for (i, source) in infos {
         writeln!(
             out,
-            "{:<24} {:<64} {:>10} {:>8} {:>12}",
+            "{:<24} {:<64} {:>10} {:>8} {:>12}  {}",
             i.name.unwrap_or_default(),
             i.id,
             human(i.image_size),
             i.objects,
-            human(i.data_size)
+            human(i.data_size),
+            source.as_deref().unwrap_or("-")
         )?;
     }
     Ok(())
