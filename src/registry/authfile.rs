@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 /// A credential. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken`, or a helper's `<token>` user).
     IdentityToken(String),
 }
@@ -57,7 +60,11 @@ pub fn lookup(
 /// Store `cred` for `key` (`host[:port][/namespace]`) in the auth file that `login` writes
 /// (`--authfile`, `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`);
 /// atomic, mode 0600. Returns the file written.
-pub fn login(_authfile: Option<&Path>, _key: &str, _cred: &Credential) -> Result<PathBuf, AuthFileError> {
+pub fn login(
+    _authfile: Option<&Path>,
+    _key: &str,
+    _cred: &Credential,
+) -> Result<PathBuf, AuthFileError> {
     todo!()
 }
 
