@@ -217,6 +217,11 @@ impl Registry {
         self.port
     }
 
+    /// Process id of the docker-registry.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:PORT` or `https://…`
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
@@ -736,10 +741,11 @@ pub fn http_request(
     msg.extend_from_slice(body);
     w.write_all(&msg)?;
     let mut r = BufReader::new(&s);
-    read_response(&mut r, method)
+    read_http_response(&mut r, method)
 }
 
-fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<HttpResponse> {
+/// Reads one response (skipping 1xx) for a request made with `method`.
+pub fn read_http_response(r: &mut impl BufRead, method: &str) -> io::Result<HttpResponse> {
     let head = loop {
         let h = read_head(r)?.ok_or(io::ErrorKind::UnexpectedEof)?;
         if (100..200).contains(&h.status()) {
@@ -783,6 +789,7 @@ fn write_simple(
     headers: &[(&str, String)],
     body: &[u8],
     close: bool,
+    head_only: bool,
 ) -> io::Result<()> {
     let mut h = Head {
         line: format!("HTTP/1.1 {status} {}", reason(status)),
@@ -796,7 +803,9 @@ fn write_simple(
         h.set("Connection", "close");
     }
     let mut msg = h.to_bytes();
-    msg.extend_from_slice(body);
+    if !head_only {
+        msg.extend_from_slice(body);
+    }
     w.write_all(&msg)?;
     w.flush()
 }
@@ -1058,25 +1067,35 @@ fn serve_conn(shared: Arc<Shared>, lidx: usize, stream: TcpStream) {
     if let (Ok(rs), Ok(ws)) = (stream.try_clone(), stream.try_clone()) {
         let mut rd = BufReader::with_capacity(64 * 1024, rs);
         let mut wr = BufWriter::with_capacity(64 * 1024, ws);
-        loop {
-            let head = match read_head(&mut rd) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        let status = if e.to_string().contains("too large") {
-                            431
-                        } else {
-                            400
-                        };
-                        let _ = write_simple(&mut wr, status, &[], b"", true);
+        // A TLS ClientHello (clients with TLS verification off try HTTPS
+        // first): answer like Go's http server does, so that they fall back
+        // to plain HTTP at once instead of waiting for a handshake timeout.
+        if rd.fill_buf().is_ok_and(|b| b.first() == Some(&0x16)) {
+            let _ = wr.write_all(
+                b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+            );
+            let _ = wr.flush();
+        } else {
+            loop {
+                let head = match read_head(&mut rd) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::InvalidData {
+                            let status = if e.to_string().contains("too large") {
+                                431
+                            } else {
+                                400
+                            };
+                            let _ = write_simple(&mut wr, status, &[], b"", true, false);
+                        }
+                        break;
                     }
-                    break;
+                };
+                match shared.handle(lidx, head, &mut rd, &mut wr) {
+                    Ok(true) => {}
+                    _ => break,
                 }
-            };
-            match shared.handle(lidx, head, &mut rd, &mut wr) {
-                Ok(true) => {}
-                _ => break,
             }
         }
         let _ = wr.flush();
@@ -1123,7 +1142,7 @@ impl Shared {
         let (Some(method), Some(target), Some(version)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            write_simple(wr, 400, &[], b"", true)?;
+            write_simple(wr, 400, &[], b"", true, false)?;
             return Ok(false);
         };
         let method = method.to_string();
@@ -1183,11 +1202,12 @@ impl Shared {
             if has_body && !expect_continue {
                 read_body(rd, req_framing, &mut |_| Ok(true))?;
             }
+            let head_only = method.eq_ignore_ascii_case("HEAD");
             self.update(idx, |r| {
                 r.status = status;
-                r.body_bytes = body.len() as u64;
+                r.body_bytes = if head_only { 0 } else { body.len() as u64 };
             });
-            write_simple(wr, status, headers, body, close)?;
+            write_simple(wr, status, headers, body, close, head_only)?;
             Ok(!close)
         };
 
@@ -2270,18 +2290,22 @@ pub fn make_layout(dir: &Path, images: &[TestImage]) -> Vec<BuiltImage> {
 fn skopeo_env() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("strata-skopeo-env-{}", std::process::id()));
+        // One fixed directory (not one per test run); files replaced
+        // atomically since several test binaries may run at once.
+        let uid = rustix::process::getuid().as_raw();
+        let d = std::env::temp_dir().join(format!("strata-test-skopeo-env-{uid}"));
         std::fs::create_dir_all(d.join("home")).unwrap();
-        std::fs::write(
-            d.join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
+        for (name, content) in [
+            ("registries.conf", "unqualified-search-registries = []\n"),
+            (
+                "policy.json",
+                r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+            ),
+        ] {
+            let tmp = d.join(format!("{name}.{}", std::process::id()));
+            std::fs::write(&tmp, content).unwrap();
+            std::fs::rename(&tmp, d.join(name)).unwrap();
+        }
         d
     })
 }
@@ -2301,7 +2325,14 @@ pub fn skopeo_copy_output(src: &str, dst: &str, extra: &[&str]) -> Output {
         .env("DOCKER_CONFIG", env.join("home"))
         .env("REGISTRY_AUTH_FILE", env.join("home/auth.json"))
         .env("CONTAINERS_REGISTRIES_CONF", env.join("registries.conf"));
-    run_with_timeout(c, Duration::from_secs(100))
+    let t = Instant::now();
+    let out = run_with_timeout(c, Duration::from_secs(100));
+    eprintln!(
+        "skopeo copy {extra:?} {src} {dst}: {} in {:.2?}",
+        out.status,
+        t.elapsed()
+    );
+    out
 }
 
 /// `skopeo copy`, asserting success (stderr shown otherwise); returns stderr+stdout.
