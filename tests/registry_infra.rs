@@ -1115,3 +1115,65 @@ fn fault_proxy_survives_bad_clients() {
         502
     );
 }
+
+/// A one-shot-per-connection fake upstream: reads a request head, answers
+/// with the next canned bytes, closes.
+fn fake_upstream(responses: Vec<&'static [u8]>) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for resp in responses {
+            let Ok((mut c, _)) = l.accept() else { return };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = c.write_all(resp);
+        }
+    });
+    host
+}
+
+#[test]
+fn fault_proxy_chunked_and_close_delimited_responses() {
+    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5;ext=1\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n";
+    const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nabcdef";
+    let up = fake_upstream(vec![CHUNKED, CHUNKED, CLOSE, CHUNKED]);
+    let proxy = FaultProxy::start(&up);
+    let h = proxy.host();
+
+    let r = http_request(&h, "GET", "/a", &[], b"").unwrap();
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello world"[..]));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+
+    proxy.add_fault(Fault::new("GET", "/b", FaultKind::FlipByte(7)));
+    let r = http_request(&h, "GET", "/b", &[], b"").unwrap();
+    let mut want = b"hello world".to_vec();
+    want[7] ^= 0xff;
+    assert_eq!(r.body, want);
+
+    let r = http_request(&h, "GET", "/c", &[], b"").unwrap();
+    assert_eq!((r.status, &r.body[..]), (200, &b"abcdef"[..]));
+    assert_eq!(r.header("connection"), Some("close"));
+
+    proxy.add_fault(Fault::new("GET", "/d", FaultKind::CutAfter(3)));
+    let mut s = TcpStream::connect(&h).unwrap();
+    s.write_all(b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(
+        got.ends_with(b"\r\n\r\n3\r\nhel\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    assert_eq!(
+        proxy
+            .requests()
+            .iter()
+            .map(|r| r.body_bytes)
+            .collect::<Vec<_>>(),
+        [11, 11, 6, 3]
+    );
+}

@@ -513,6 +513,12 @@ impl Head {
     }
 }
 
+/// Whether an Authorization value uses the Basic scheme.
+fn is_basic(auth: &str) -> bool {
+    auth.get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("basic "))
+}
+
 fn too_large() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "HTTP head too large")
 }
@@ -1166,7 +1172,7 @@ impl Shared {
         let mut auth = req.get("authorization").map(str::to_string);
         if self.gate.is_some() {
             auth = auth.map(|a| {
-                if a.len() >= 6 && a[..6].eq_ignore_ascii_case("basic ") {
+                if is_basic(&a) {
                     "Basic <redacted>".to_string()
                 } else {
                     a
@@ -1334,11 +1340,17 @@ impl Shared {
 
         let mut urd = BufReader::with_capacity(64 * 1024, up);
         let mut resp = loop {
-            let h = read_head(&mut urd)?.ok_or(io::ErrorKind::UnexpectedEof)?;
-            if (100..200).contains(&h.status()) && h.status() != 101 {
-                continue;
+            match read_head(&mut urd) {
+                Ok(Some(h)) if (100..200).contains(&h.status()) && h.status() != 101 => continue,
+                Ok(Some(h)) => break h,
+                Ok(None) | Err(_) => {
+                    // Nothing sent to the client yet: say what happened.
+                    self.update(idx, |r| r.status = 502);
+                    let body = json_error("UNAVAILABLE", "proxy: no response from upstream");
+                    write_simple(wr, 502, &[], &body, true, method == "HEAD")?;
+                    return Ok(false);
+                }
             }
-            break h;
         };
         let status = resp.status();
         let framing = response_framing(&resp, &method);
@@ -1785,8 +1797,7 @@ impl Gate {
             let (u, p) = s.split_once(':')?;
             Some((u.to_string(), p.to_string()))
         });
-        let basic_given =
-            auth.is_some_and(|a| a.len() >= 6 && a[..6].eq_ignore_ascii_case("basic "));
+        let basic_given = auth.is_some_and(is_basic);
         let mut rec = TokenRequest {
             service: service.clone(),
             scopes: scopes.clone(),
@@ -1930,6 +1941,14 @@ impl TokenGate {
     /// Every call of the token endpoint.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         lock(&self.gate().log).clone()
+    }
+
+    /// Number of token requests refused (401: wrong or missing credentials).
+    pub fn token_refusals(&self) -> usize {
+        lock(&self.gate().log)
+            .iter()
+            .filter(|t| t.status == 401)
+            .count()
     }
 
     /// Number of 401 challenges sent for `/v2/…` requests.
