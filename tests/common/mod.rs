@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
