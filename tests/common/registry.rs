@@ -1246,7 +1246,12 @@ impl Shared {
             req.remove("authorization");
         }
 
-        let faults = self.take_faults(&method, &target, range.as_deref());
+        // The second listener stands for another host (blob storage): it forwards as is.
+        let faults = if lidx == 0 {
+            self.take_faults(&method, &target, range.as_deref())
+        } else {
+            Vec::new()
+        };
         if !faults.is_empty() {
             let names = faults.iter().map(FaultKind::name).collect();
             self.update(idx, |r| r.faults = names);
