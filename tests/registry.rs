@@ -486,6 +486,18 @@ fn bearer_tokens_from_a_token_server() {
         let src = format!("docker://{}/tok/app:v1", gate.host());
         // Anonymous: the token server refuses; one line, naming the registry.
         let e = env.err(&env.path().join(format!("anon-{key}")), &["pull", &src]);
+        let wrong = env.err(
+            &env.path().join(format!("wrong-{key}")),
+            &["pull", &src, "--creds", "bob:not-hunter2"],
+        );
+        assert!(
+            wrong.contains("authentication refused") && wrong.contains("\"bob\""),
+            "{wrong}"
+        );
+        assert!(
+            !wrong.contains("not-hunter2") && !wrong.contains("hunter2-pw"),
+            "{wrong}"
+        );
         assert!(
             e.contains(&format!("registry {}", gate.host()))
                 && e.contains("authentication refused"),

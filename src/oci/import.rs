@@ -95,18 +95,40 @@ pub struct PullOptions {
     pub progress: Option<indicatif::MultiProgress>,
 }
 
-/// Counts the (compressed) bytes read through it into a progress bar.
+/// Counts the (compressed) bytes read through it into a layer's bar and the total.
 struct Counted<R> {
     inner: R,
     bar: indicatif::ProgressBar,
+    total: indicatif::ProgressBar,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bar.inc(n as u64);
+        self.total.inc(n as u64);
         Ok(n)
     }
+}
+
+/// The bar summing every layer to fetch (hidden without a terminal).
+fn total_bar(
+    progress: Option<&indicatif::MultiProgress>,
+    bytes: u64,
+    layers: usize,
+) -> indicatif::ProgressBar {
+    let Some(mp) = progress else {
+        return indicatif::ProgressBar::hidden();
+    };
+    let pb = mp.add(indicatif::ProgressBar::new(bytes));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {prefix} {bar:24} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    pb.set_prefix(format!("total ({layers} layers)"));
+    pb
 }
 
 fn layer_bar(
@@ -382,6 +404,19 @@ fn import_layers(
     // Plain threads, not rayon: layer import blocks on its own worker
     // queues, and the workers use the rayon pool for hashing; blocking rayon
     // threads on them would deadlock. A few layers at a time bound memory.
+    let to_fetch: Vec<usize> = unique
+        .iter()
+        .copied()
+        .filter(|&i| {
+            repo.get_ref("layers", hex_of(&img.layers[i].diff_id))
+                .is_none()
+        })
+        .collect();
+    let total = total_bar(
+        progress,
+        to_fetch.iter().map(|&i| img.layers[i].size).sum(),
+        to_fetch.len(),
+    );
     let lanes = unique.len().min(opts.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -395,7 +430,7 @@ fn import_layers(
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&i) = unique.get(k) else { break };
-                let r = import_one(repo, src, &img.layers[i], progress);
+                let r = import_one(repo, src, &img.layers[i], progress, &total);
                 let failed = r.is_err();
                 results
                     .lock()
@@ -408,6 +443,7 @@ fn import_layers(
             });
         }
     });
+    total.finish();
     let mut done: Vec<(usize, LayerResult)> = Vec::new();
     let mut results = results.into_inner().expect("no panics while holding");
     results.sort_by_key(|(i, _)| *i);
@@ -434,6 +470,7 @@ fn import_one(
     src: &dyn ImageSource,
     layer: &super::LayerDesc,
     progress: Option<&indicatif::MultiProgress>,
+    total: &indicatif::ProgressBar,
 ) -> Result<LayerResult, PullError> {
     let diff = hex_of(&layer.diff_id);
     if let Some(ss) = repo.get_ref("layers", diff) {
@@ -453,6 +490,7 @@ fn import_one(
     let raw = Counted {
         inner: src.open_raw_blob(&layer.digest, layer.size)?,
         bar: bar.clone(),
+        total: total.clone(),
     };
     let blob = super::source::VerifiedReader::new(
         Box::new(raw) as Box<dyn Read + Send>,

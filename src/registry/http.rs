@@ -187,6 +187,10 @@ fn strip_port(host: &str) -> &str {
             None => host,
         };
     }
+    // A bare IPv6 address has several colons and no port.
+    if host.matches(':').count() > 1 {
+        return host;
+    }
     match host.rfind(':') {
         Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
         _ => host,
