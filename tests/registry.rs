@@ -925,4 +925,26 @@ fn export_pushes_the_same_config_and_diff_ids_and_a_second_push_uploads_nothing(
     assert_eq!(second["blobs_existing"], 3, "{second}");
     assert_eq!(proxy.count("PATCH", ""), 0);
     assert_eq!(proxy.count("POST", ""), 0);
+
+    // An image pulled from this registry, pushed to another repository of it: its blobs
+    // are mounted from the source repository, not sent.
+    let repo3 = env.path().join("repo3");
+    env.pull(&repo3, &dest, &["from-reg"]);
+    proxy.reset_stats();
+    let third: Value = serde_json::from_slice(&env.ok(
+        &repo3,
+        &[
+            "--json",
+            "export",
+            "from-reg",
+            &format!("docker://{}/other/app:v1", proxy.host()),
+            "--compress",
+            "gzip",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(third["blobs_mounted"], 3, "{third}");
+    assert_eq!(third["blobs_uploaded"], 0, "{third}");
+    assert!(proxy.count("POST", "mount=sha256") >= 3);
+    assert_eq!(proxy.count("PATCH", ""), 0);
 }
