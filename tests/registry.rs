@@ -299,6 +299,7 @@ fn tls_with_a_test_ca_and_basic_auth() {
     let reg = Registry::start(RegistryOpts {
         tls: true,
         htpasswd: Some(("alice".into(), password.into())),
+        client_cert: false,
     });
     let certs = reg.make_certs_d(&env.path().join("certs.d"));
     let certs_s = certs.to_str().unwrap();
@@ -440,6 +441,53 @@ fn tls_with_a_test_ca_and_basic_auth() {
         e.contains("authentication refused") && e.contains("no credentials"),
         "{e}"
     );
+}
+
+#[test]
+fn client_certificates_from_certs_d() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let (layout, _) = setup_layout(&env, &[TestImage::single("app")]);
+    let want = layout_id(&env, &layout, "app", None);
+    let reg = Registry::start(RegistryOpts {
+        tls: true,
+        client_cert: true,
+        ..RegistryOpts::default()
+    });
+    let certs = reg.make_certs_d(&env.path().join("certs.d"));
+    skopeo_copy(
+        &format!("oci:{}:app", layout.display()),
+        &reg.docker_ref("mtls/app:v1"),
+        &["--dest-cert-dir", certs.to_str().unwrap()],
+    );
+    let src = reg.docker_ref("mtls/app:v1");
+    let v = env.pull(
+        &env.path().join("repo"),
+        &src,
+        &["--cert-dir", certs.to_str().unwrap()],
+    );
+    assert_eq!(image_id(&v), want);
+    // The same CA without the client pair: the registry refuses the handshake.
+    let no_client = env.path().join("ca-only");
+    std::fs::create_dir_all(&no_client).unwrap();
+    std::fs::copy(certs.join("ca.crt"), no_client.join("ca.crt")).unwrap();
+    let e = env.err(
+        &env.path().join("repo2"),
+        &["pull", &src, "--cert-dir", no_client.to_str().unwrap()],
+    );
+    assert!(e.contains(&format!("registry {}", reg.host())), "{e}");
+    // A .cert without its .key is a configuration error naming the file.
+    let half = env.path().join("half");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::copy(certs.join("ca.crt"), half.join("ca.crt")).unwrap();
+    std::fs::copy(certs.join("client.cert"), half.join("client.cert")).unwrap();
+    let e = env.err(
+        &env.path().join("repo3"),
+        &["pull", &src, "--cert-dir", half.to_str().unwrap()],
+    );
+    assert!(e.contains("client.cert") || e.contains("client.key"), "{e}");
 }
 
 fn pipe_stdin(c: &mut Command, input: &str) -> Output {

@@ -314,6 +314,7 @@ fn tls_and_htpasswd_with_skopeo_and_curl() {
     let reg = Registry::start(RegistryOpts {
         tls: true,
         htpasswd: Some(("alice".into(), "s3cret".into())),
+        client_cert: false,
     });
     assert!(reg.url().starts_with("https://127.0.0.1:"));
     let certs_d = tmp.path().join("certs.d");

@@ -139,6 +139,9 @@ pub struct RegistryOpts {
     pub tls: bool,
     /// Require HTTP Basic auth with these credentials (bcrypt htpasswd).
     pub htpasswd: Option<(String, String)>,
+    /// With `tls`: require a client certificate signed by the test CA
+    /// (`client.cert` / `client.key`, put into certs.d dirs by `make_certs_d`).
+    pub client_cert: bool,
 }
 
 /// A `docker-registry serve` process on 127.0.0.1 with storage in a tempdir.
@@ -164,7 +167,7 @@ impl Registry {
         let d = dir.path();
         std::fs::create_dir_all(d.join("data")).unwrap();
         if opts.tls {
-            make_test_pki(d);
+            make_test_pki(d, opts.client_cert);
         }
         if let Some((user, pass)) = &opts.htpasswd {
             let mut c = Command::new("htpasswd");
@@ -184,7 +187,14 @@ impl Registry {
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
             let mut child = spawn_tied_to_process(cmd).expect("run docker-registry");
-            match wait_ready(&mut child, d, port, opts.tls, opts.htpasswd.is_some()) {
+            match wait_ready(
+                &mut child,
+                d,
+                port,
+                opts.tls,
+                opts.htpasswd.is_some(),
+                opts.client_cert,
+            ) {
                 Ok(()) => {
                     return Registry {
                         child,
@@ -245,6 +255,15 @@ impl Registry {
         let host_dir = dir.join(self.host());
         std::fs::create_dir_all(&host_dir).unwrap();
         std::fs::copy(self.ca_pem_path(), host_dir.join("ca.crt")).unwrap();
+        let client = self.dir.path().join("client.cert");
+        if client.exists() {
+            std::fs::copy(&client, host_dir.join("client.cert")).unwrap();
+            std::fs::copy(
+                self.dir.path().join("client.key"),
+                host_dir.join("client.key"),
+            )
+            .unwrap();
+        }
         host_dir
     }
 
@@ -282,7 +301,14 @@ impl Drop for Registry {
 
 /// Waits until the freshly started registry answers `GET /v2/` as expected
 /// (200, or 401 with htpasswd) and is still alive (so the port is its own).
-fn wait_ready(child: &mut Child, d: &Path, port: u16, tls: bool, auth: bool) -> Result<(), String> {
+fn wait_ready(
+    child: &mut Child,
+    d: &Path,
+    port: u16,
+    tls: bool,
+    auth: bool,
+    client_cert: bool,
+) -> Result<(), String> {
     let start = Instant::now();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let host = format!("127.0.0.1:{port}");
@@ -310,8 +336,14 @@ fn wait_ready(child: &mut Child, d: &Path, port: u16, tls: bool, auth: bool) -> 
                 "5",
             ])
             .arg("--cacert")
-            .arg(d.join("ca.crt"))
-            .arg(format!("https://{host}/v2/"));
+            .arg(d.join("ca.crt"));
+            if client_cert {
+                c.arg("--cert")
+                    .arg(d.join("client.cert"))
+                    .arg("--key")
+                    .arg(d.join("client.key"));
+            }
+            c.arg(format!("https://{host}/v2/"));
             let out = run_with_timeout(c, Duration::from_secs(10));
             String::from_utf8_lossy(&out.stdout)
                 .parse::<u16>()
@@ -370,6 +402,12 @@ http:
             d.join("server.crt").display(),
             d.join("server.key").display()
         ));
+        if opts.client_cert {
+            cfg.push_str(&format!(
+                "    clientcas:\n      - {}\n",
+                d.join("ca.crt").display()
+            ));
+        }
     }
     if opts.htpasswd.is_some() {
         cfg.push_str(&format!(
@@ -381,8 +419,9 @@ http:
 }
 
 /// A CA (`ca.crt`, `ca.key`) and a server certificate signed by it
-/// (`server.crt`, `server.key`, SAN IP:127.0.0.1 and DNS:localhost) in `d`.
-fn make_test_pki(d: &Path) {
+/// (`server.crt`, `server.key`, SAN IP:127.0.0.1 and DNS:localhost) in `d`;
+/// with `client`, also a client certificate (`client.cert`, `client.key`).
+fn make_test_pki(d: &Path, client: bool) {
     let openssl = |args: &[&str]| {
         let mut c = Command::new("openssl");
         c.current_dir(d).args(args);
@@ -449,6 +488,47 @@ fn make_test_pki(d: &Path) {
         "-extfile",
         "server.ext",
     ]);
+    if client {
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=strata test client",
+        ]);
+        std::fs::write(
+            d.join("client.ext"),
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.cert",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+    }
 }
 
 // ---------------------------------------------------------------------------
