@@ -477,7 +477,10 @@ fn client_certificates_from_certs_d() {
         &env.path().join("repo2"),
         &["pull", &src, "--cert-dir", no_client.to_str().unwrap()],
     );
-    assert!(e.contains(&format!("registry {}", reg.host())), "{e}");
+    assert!(
+        e.contains(&format!("registry {}", reg.host())) && e.contains("refused the TLS handshake"),
+        "{e}"
+    );
     // A .cert without its .key is a configuration error naming the file.
     let half = env.path().join("half");
     std::fs::create_dir_all(&half).unwrap();

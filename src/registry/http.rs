@@ -840,30 +840,47 @@ impl Transport {
             ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
             _ => None,
         };
-        let (is_tls, cert_problem) = match (e, rustls_err) {
-            (_, Some(r)) => (
-                true,
-                matches!(
-                    r,
-                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-                ),
-            ),
-            (ureq::Error::Tls(_), None) => (true, false),
-            _ => (false, false),
-        };
-        if !is_tls {
-            return None;
+        // Three kinds of TLS failure: our check of the server's certificate; the server
+        // answering with a TLS alert (it speaks TLS but refused us, e.g. no client
+        // certificate); bytes that are not TLS at all (a plain-HTTP server).
+        enum Kind {
+            Certificate,
+            Refused,
+            NotTls,
         }
-        if cert_problem {
-            return Some(Failure::Fatal(RegistryError::Transport {
-                registry: req.host.to_string(),
-                what: req.what.to_string(),
-                cause: format!(
-                    "TLS: {} (add the registry's CA to /etc/containers/certs.d/{}/ or use --cert-dir; --tls-verify=false skips the check)",
-                    describe(e),
-                    req.host
-                ),
-            }));
+        let kind = match (e, rustls_err) {
+            (
+                _,
+                Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+            ) => Kind::Certificate,
+            (_, Some(rustls::Error::AlertReceived(_))) => Kind::Refused,
+            (_, Some(_)) | (ureq::Error::Tls(_), None) => Kind::NotTls,
+            _ => return None,
+        };
+        match kind {
+            Kind::Certificate => {
+                return Some(Failure::Fatal(RegistryError::Transport {
+                    registry: req.host.to_string(),
+                    what: req.what.to_string(),
+                    cause: format!(
+                        "TLS: {} (add the registry's CA to /etc/containers/certs.d/{}/ or use --cert-dir; --tls-verify=false skips the check)",
+                        describe(e),
+                        req.host
+                    ),
+                }))
+            }
+            Kind::Refused => {
+                return Some(Failure::Fatal(RegistryError::Transport {
+                    registry: req.host.to_string(),
+                    what: req.what.to_string(),
+                    cause: format!(
+                        "the registry refused the TLS handshake ({}); if it wants a client certificate, put NAME.cert and NAME.key in /etc/containers/certs.d/{}/ or --cert-dir",
+                        describe(e),
+                        req.host
+                    ),
+                }))
+            }
+            Kind::NotTls => {}
         }
         if self.plain_http_allowed(req.host) {
             self.plain_http
