@@ -691,6 +691,17 @@ fn throttling_and_unavailable_registries_are_retried() {
     assert_eq!(v["network"]["retries"], 2, "{v}");
     assert!(t0.elapsed().as_secs_f64() >= 1.0, "Retry-After: 1 honoured");
 
+    // A connection cut while the manifest itself is read: asked again.
+    let cut = f
+        .proxy
+        .add_fault(Fault::new("GET", "/manifests/", FaultKind::CutAfter(10)));
+    let v = f
+        .env
+        .pull(&f.env.path().join("repo-cut"), &f.src(), &["app"]);
+    assert_eq!(image_id(&v), f.want);
+    assert_eq!(f.proxy.fired(cut), 1);
+    assert_eq!(v["network"]["retries"], 1, "{v}");
+
     // A registry that never recovers: a bounded number of attempts, then one line.
     f.proxy.add_fault(
         Fault::new("GET", "/manifests/", FaultKind::Status(503, None)).times(usize::MAX),

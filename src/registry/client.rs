@@ -207,66 +207,73 @@ impl ImageClient {
             repository: &ep.repository,
             what: &what,
         };
-        let resp = self.client.t.send(&req)?;
-        let status = resp.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                registry: ep.host.clone(),
-                what,
-                message: error_message(resp),
-            });
-        }
-        if !status.is_success() {
-            return Err(RegistryError::Status {
-                registry: ep.host.clone(),
-                what,
-                status: status.as_u16(),
-                message: error_message(resp),
-            });
-        }
-        let media_type = header_str(&resp, header::CONTENT_TYPE)
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
-            .filter(|v| !v.is_empty());
-        let digest = header_str(&resp, "docker-content-digest".parse().expect("valid"))
-            .map(|s| s.trim().to_string());
-        if let Some(len) = resp.body().content_length() {
-            if len > limit {
+        let mut attempt = 0;
+        loop {
+            let resp = self.client.t.send(&req)?;
+            let status = resp.status();
+            if status == StatusCode::NOT_FOUND {
+                return Err(RegistryError::NotFound {
+                    registry: ep.host.clone(),
+                    what,
+                    message: error_message(resp),
+                });
+            }
+            if !status.is_success() {
+                return Err(RegistryError::Status {
+                    registry: ep.host.clone(),
+                    what,
+                    status: status.as_u16(),
+                    message: error_message(resp),
+                });
+            }
+            let media_type = header_str(&resp, header::CONTENT_TYPE)
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+                .filter(|v| !v.is_empty());
+            let digest = header_str(&resp, "docker-content-digest".parse().expect("valid"))
+                .map(|s| s.trim().to_string());
+            if let Some(len) = resp.body().content_length() {
+                if len > limit {
+                    return Err(RegistryError::TooLarge {
+                        registry: ep.host.clone(),
+                        what,
+                        limit,
+                    });
+                }
+            }
+            let mut raw = Vec::new();
+            let read = resp
+                .into_body()
+                .into_with_config()
+                .limit(limit.saturating_add(1))
+                .reader()
+                .take(limit + 1)
+                .read_to_end(&mut raw);
+            self.client
+                .t
+                .stats
+                .bytes_fetched
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            if let Err(source) = read {
+                // A connection cut while the manifest was read: ask again (bounded).
+                attempt += 1;
+                self.client
+                    .t
+                    .backoff(&ep.host, &what, attempt, source.to_string(), None)?;
+                continue;
+            }
+            if raw.len() as u64 > limit {
                 return Err(RegistryError::TooLarge {
                     registry: ep.host.clone(),
                     what,
                     limit,
                 });
             }
-        }
-        let mut raw = Vec::new();
-        resp.into_body()
-            .into_with_config()
-            .limit(limit.saturating_add(1))
-            .reader()
-            .take(limit + 1)
-            .read_to_end(&mut raw)
-            .map_err(|source| RegistryError::Io {
-                registry: ep.host.clone(),
-                what: what.clone(),
-                source,
-            })?;
-        self.client
-            .t
-            .stats
-            .bytes_fetched
-            .fetch_add(raw.len() as u64, Ordering::Relaxed);
-        if raw.len() as u64 > limit {
-            return Err(RegistryError::TooLarge {
-                registry: ep.host.clone(),
-                what,
-                limit,
+            return Ok(FetchedManifest {
+                raw,
+                media_type,
+                digest,
             });
         }
-        Ok(FetchedManifest {
-            raw,
-            media_type,
-            digest,
-        })
     }
 
     /// Open a blob for streaming from byte `offset`; a connection cut mid-way is resumed

@@ -410,18 +410,10 @@ impl Transport {
                 )),
                 _ => None,
             }),
-            Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            } => {
-                let mut scopes = req.scopes.clone();
-                if let Some(s) = scope {
-                    if req.scopes.is_empty() {
-                        scopes.push(s.clone());
-                    }
-                }
-                let key = auth::cache_key(realm, service.as_deref(), &scopes.join(" "));
+            Challenge::Bearer { realm, service, .. } => {
+                let Some((key, scopes)) = token_key(req, challenge) else {
+                    return Ok(None);
+                };
                 if let Some(t) = self.tokens.get(&key) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
@@ -613,7 +605,7 @@ impl Transport {
     }
 
     /// Sleep before attempt `attempt` (1-based), or give up.
-    fn backoff(
+    pub(crate) fn backoff(
         &self,
         registry: &str,
         what: &str,
@@ -674,6 +666,11 @@ impl Transport {
                         });
                     };
                     drop(resp);
+                    // A token the server no longer accepts (expired or revoked early) is
+                    // dropped, so the retry asks for a new one.
+                    if let Some((key, _)) = token_key(req, &challenge) {
+                        self.tokens.forget(&key);
+                    }
                     self.challenges
                         .lock()
                         .expect("challenges lock")
@@ -893,6 +890,26 @@ impl Transport {
             registry: req.host.to_string(),
         }))
     }
+}
+
+/// The token cache key and scopes a request needs under a Bearer challenge.
+fn token_key(req: &Req, challenge: &Challenge) -> Option<(String, Vec<String>)> {
+    let Challenge::Bearer {
+        realm,
+        service,
+        scope,
+    } = challenge
+    else {
+        return None;
+    };
+    let mut scopes = req.scopes.clone();
+    if let Some(s) = scope {
+        if req.scopes.is_empty() {
+            scopes.push(s.clone());
+        }
+    }
+    let key = auth::cache_key(realm, service.as_deref(), &scopes.join(" "));
+    Some((key, scopes))
 }
 
 /// Drop the query string (signed URLs carry credentials) from a URL for a message.
