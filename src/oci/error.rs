@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::manifest::MAX_JSON_SIZE;
+use super::media::MAX_JSON_SIZE;
 
 #[derive(Debug, Error)]
 pub enum SourceError {

@@ -11,6 +11,7 @@ pub mod import;
 pub mod layout;
 pub mod layout_writer;
 pub mod manifest;
+pub mod media;
 pub mod push;
 pub mod reference;
 pub mod registry;

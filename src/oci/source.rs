@@ -7,8 +7,23 @@
 use std::io::Read;
 
 use super::error::SourceError;
-use super::manifest::{LayerDesc, MAX_JSON_SIZE};
+use super::media::{Compression, MAX_JSON_SIZE};
 pub use super::verify::{BlobReader, LayerReader, VerifiedReader};
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDesc {
+    /// Digest of the (compressed) blob, `sha256:…`.
+    pub digest: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    pub media_type: String,
+    /// sha256 of the uncompressed tar, from the config's `rootfs.diff_ids`.
+    pub diff_id: String,
+    pub compression: Compression,
+}
+
+/// A manifest or config: the exact bytes (digests are over these) and the parsed form.
 
 /// The manifest (or index) a reference names.
 #[derive(Debug, Clone)]

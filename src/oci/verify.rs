@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use sha2::{Digest as _, Sha256};
 
 use super::error::SourceError;
-use super::manifest::Compression;
+use super::media::Compression;
 
 /// Parse `sha256:<hex>` into raw bytes; other algorithms are not verifiable here.
 pub(crate) fn sha256_bytes(digest: &str) -> Result<[u8; 32], SourceError> {
