@@ -23,8 +23,6 @@ pub struct LayerDesc {
     pub compression: Compression,
 }
 
-/// A manifest or config: the exact bytes (digests are over these) and the parsed form.
-
 /// The manifest (or index) a reference names.
 #[derive(Debug, Clone)]
 pub enum Top {
