@@ -22,7 +22,7 @@ build_strata() {
         if (cd "$SRC" && CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_LTO=off \
             CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
             cargo build -q --release --target "$MUSL" --bin strata) >"$cargo_out" 2>&1; then
-            STRATA_BIN=$SRC/target/$MUSL/release/strata STRATA_KIND=musl
+            STRATA_BIN=${CARGO_TARGET_DIR:-$SRC/target}/$MUSL/release/strata STRATA_KIND=musl
             return 0
         fi
         tail -5 "$cargo_out" >&2
@@ -32,7 +32,7 @@ build_strata() {
     log "building strata (glibc; its libraries go into the initramfs)"
     (cd "$SRC" && cargo build -q --release --bin strata) >"$cargo_out" 2>&1 ||
         { tail -20 "$cargo_out" >&2; die "cargo build failed"; }
-    STRATA_BIN=$SRC/target/release/strata STRATA_KIND=glibc
+    STRATA_BIN=${CARGO_TARGET_DIR:-$SRC/target}/release/strata STRATA_KIND=glibc
 }
 
 # install_bin SRC ROOT DEST: a binary and, if dynamic, every library ldd names
