@@ -58,7 +58,10 @@ impl Scratch {
         let cl = self.cmdline(booted);
         let mut c = Command::new(STRATA);
         c.args(args);
-        c.arg("--sysroot").arg(&self.sys).arg("--boot").arg(&self.boot);
+        c.arg("--sysroot")
+            .arg(&self.sys)
+            .arg("--boot")
+            .arg(&self.boot);
         c.arg("--cmdline").arg(cl);
         c.output().unwrap()
     }
@@ -185,7 +188,10 @@ fn snapshot(p: &Path) -> BTreeMap<PathBuf, String> {
 fn deploy_writes_entry_kernel_state_and_record() {
     let s = Scratch::new();
     let a = s.image("a", 100_000, &[("hostname", "a\n")]);
-    let out = s.ok(&["deploy", "a", "--karg", "rw", "--karg", "root=/dev/local"], None);
+    let out = s.ok(
+        &["deploy", "a", "--karg", "rw", "--karg", "root=/dev/local"],
+        None,
+    );
     assert_eq!(out, a);
     let entries = s.entries();
     let name = format!("strata-00000001-{a}.conf");
@@ -208,14 +214,20 @@ fn deploy_writes_entry_kernel_state_and_record() {
         )
     );
     let kd = s.boot.join("strata").join(&kdir);
-    assert_eq!(fs::read(kd.join("vmlinuz")).unwrap(), pseudo_random("a", 100_000));
+    assert_eq!(
+        fs::read(kd.join("vmlinuz")).unwrap(),
+        pseudo_random("a", 100_000)
+    );
     assert_eq!(
         fs::read(kd.join("initramfs.img")).unwrap(),
         pseudo_random("initrd", 300_000)
     );
     let st = s.sys.join("state/deploy").join(&a);
     assert!(st.join("etc-upper").is_dir() && st.join("etc-work").is_dir());
-    assert_eq!(fs::read_link(st.join("var")).unwrap(), Path::new("../../var"));
+    assert_eq!(
+        fs::read_link(st.join("var")).unwrap(),
+        Path::new("../../var")
+    );
     assert!(s.sys.join("state/var").is_dir());
     let rec: serde_json::Value = serde_json::from_slice(
         &fs::read(s.repo().join("deployments").join(format!("{a}.json"))).unwrap(),
@@ -301,7 +313,8 @@ fn order_rollback_and_status() {
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
-        err.starts_with("strata: no rollback deployment: ") && err.ends_with("holds 1 strata deployment(s)\n"),
+        err.starts_with("strata: no rollback deployment: ")
+            && err.ends_with("holds 1 strata deployment(s)\n"),
         "{err}"
     );
 }
@@ -350,19 +363,36 @@ fn etc_three_way_rule() {
     assert_eq!(rep["etc_from"], a.as_str());
     assert_eq!(
         rep["etc"]["kept"],
-        serde_json::json!(["/etc/local.conf", "/etc/removed", "/etc/ssh", "/etc/test.conf"])
+        serde_json::json!([
+            "/etc/local.conf",
+            "/etc/removed",
+            "/etc/ssh/key",
+            "/etc/test.conf"
+        ])
     );
     assert_eq!(rep["etc"]["dropped"], serde_json::json!(["/etc/hostname"]));
-    assert_eq!(rep["etc"]["conflicts"], serde_json::json!(["/etc/test.conf"]));
+    assert_eq!(
+        rep["etc"]["conflicts"],
+        serde_json::json!(["/etc/test.conf"])
+    );
     let nb = s.sys.join("state/deploy").join(&b).join("etc-upper");
-    assert_eq!(fs::read_to_string(nb.join("test.conf")).unwrap(), "setting=user\n");
+    assert_eq!(
+        fs::read_to_string(nb.join("test.conf")).unwrap(),
+        "setting=user\n"
+    );
     assert!(!nb.join("hostname").exists(), "unchanged copy-up carried");
     assert_eq!(fs::read_to_string(nb.join("local.conf")).unwrap(), "mine\n");
     assert_eq!(fs::read_to_string(nb.join("ssh/key")).unwrap(), "secret\n");
     let m = fs::symlink_metadata(nb.join("removed")).unwrap();
-    assert!(m.file_type().is_char_device() && m.rdev() == 0, "whiteout kept");
+    assert!(
+        m.file_type().is_char_device() && m.rdev() == 0,
+        "whiteout kept"
+    );
     // A's own state is untouched
-    assert_eq!(fs::read_to_string(up.join("test.conf")).unwrap(), "setting=user\n");
+    assert_eq!(
+        fs::read_to_string(up.join("test.conf")).unwrap(),
+        "setting=user\n"
+    );
 }
 
 #[test]
@@ -410,7 +440,10 @@ fn gc_keeps_booted_default_and_rollback() {
 
     // booted: b (order d, c, b, a): gc keeps d (default), c (rollback), b (booted)
     let out = s.ok(&["gc", "--repo", s.repo().to_str().unwrap()], Some(&ids[1]));
-    assert!(out.contains(&format!("removed deployment {}", ids[0])), "{out}");
+    assert!(
+        out.contains(&format!("removed deployment {}", ids[0])),
+        "{out}"
+    );
     assert_eq!(out.matches("removed deployment").count(), 1, "{out}");
     assert_eq!(s.entries().len(), 3);
     assert!(!s.repo().join("images").join(&ids[0]).exists());
@@ -429,7 +462,10 @@ fn gc_keeps_booted_default_and_rollback() {
     let out = s.ok(&["gc", "--dry-run", "--keep", "3"], Some(&ids[3]));
     assert!(!out.contains("removed deployment"), "{out}");
     let out = s.ok(&["gc"], Some(&ids[3]));
-    assert!(out.contains(&format!("removed deployment {}", ids[1])), "{out}");
+    assert!(
+        out.contains(&format!("removed deployment {}", ids[1])),
+        "{out}"
+    );
     let st = s.status(Some(&ids[3]));
     assert_eq!(role(&st, "default"), Some(ids[3].clone()));
     assert_eq!(role(&st, "rollback"), Some(ids[2].clone()));
@@ -468,7 +504,11 @@ fn failures_change_nothing() {
     );
     // an initramfs missing
     fs::create_dir_all(t.join("usr/lib/modules/1.0")).unwrap();
-    fs::write(t.join("usr/lib/modules/1.0/vmlinuz"), pseudo_random("k", 5000)).unwrap();
+    fs::write(
+        t.join("usr/lib/modules/1.0/vmlinuz"),
+        pseudo_random("k", 5000),
+    )
+    .unwrap();
     let ni = s.create_image(&t, "noinitrd");
     let err = one_line_error(&s.run(&["deploy", "noinitrd"], None));
     assert_eq!(
@@ -486,7 +526,8 @@ fn failures_change_nothing() {
     fs::write(&img, bytes).unwrap();
     let err = one_line_error(&s.run(&["deploy", "corrupt"], None));
     assert!(
-        err.starts_with(&format!("strata: deploy corrupt: image {c} (")) && err.contains("): corrupt: its fs-verity digest is "),
+        err.starts_with(&format!("strata: deploy corrupt: image {c} ("))
+            && err.contains("): corrupt: its fs-verity digest is "),
         "{err}"
     );
     assert_eq!(picture(&s), before);
@@ -497,10 +538,19 @@ fn failures_change_nothing() {
     let kernel_obj = {
         let d = Command::new(STRATA)
             .args(["composefs-info", "measure-file"])
-            .arg(s.root.join("tree-badobject/usr/lib/modules").join(KVER).join("vmlinuz"))
+            .arg(
+                s.root
+                    .join("tree-badobject/usr/lib/modules")
+                    .join(KVER)
+                    .join("vmlinuz"),
+            )
             .output()
             .unwrap();
-        let h = String::from_utf8(d.stdout).unwrap().trim().trim_start_matches("sha256:").to_string();
+        let h = String::from_utf8(d.stdout)
+            .unwrap()
+            .trim()
+            .trim_start_matches("sha256:")
+            .to_string();
         s.repo().join("objects").join(&h[..2]).join(&h[2..])
     };
     let mut kb = fs::read(&kernel_obj).unwrap();
@@ -508,8 +558,9 @@ fn failures_change_nothing() {
     fs::write(&kernel_obj, kb).unwrap();
     let err = one_line_error(&s.run(&["deploy", "badobject"], None));
     assert!(
-        err.starts_with(&format!("strata: deploy badobject: image {k}: /usr/lib/modules/{KVER}/vmlinuz: object "))
-            && err.contains("has digest"),
+        err.starts_with(&format!(
+            "strata: deploy badobject: image {k}: /usr/lib/modules/{KVER}/vmlinuz: object "
+        )) && err.contains("has digest"),
         "{err}"
     );
     assert_eq!(picture(&s), before);
@@ -569,18 +620,31 @@ fn entries_boot(s: &Scratch) -> Result<Vec<String>, String> {
             for key in ["linux ", "initrd "] {
                 if let Some(p) = l.strip_prefix(key) {
                     let f = s.boot.join(p.trim_start_matches('/'));
-                    let len = fs::metadata(&f).map_err(|e| format!("{name}: {p}: {e}"))?.len();
+                    let len = fs::metadata(&f)
+                        .map_err(|e| format!("{name}: {p}: {e}"))?
+                        .len();
                     if len == 0 {
                         return Err(format!("{name}: {p} is empty"));
                     }
                 }
             }
         }
-        let id = name.rsplit('-').next().unwrap().trim_end_matches(".conf").to_string();
+        let id = name
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".conf")
+            .to_string();
         if !s.repo().join("images").join(&id).exists() {
             return Err(format!("{name}: image {id} missing"));
         }
-        if !s.sys.join("state/deploy").join(&id).join("etc-upper").is_dir() {
+        if !s
+            .sys
+            .join("state/deploy")
+            .join(&id)
+            .join("etc-upper")
+            .is_dir()
+        {
             return Err(format!("{name}: state of {id} missing"));
         }
         ids.push(id);
@@ -659,7 +723,10 @@ fn sigkill_during_deploy_keeps_the_old_default() {
         "deploy of a 24 MB kernel takes {:?}; {killed} deploys killed, {finished} finished",
         t
     );
-    assert!(killed >= 10, "only {killed} of 40 deploys were killed inside");
+    assert!(
+        killed >= 10,
+        "only {killed} of 40 deploys were killed inside"
+    );
     // gc removes the leftovers: no records, state or kernels without an entry
     s.ok(&["gc"], Some(&a));
     let recs: Vec<_> = fs::read_dir(s.repo().join("deployments"))

@@ -233,7 +233,12 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 /// The boot order of two entries: `Less` means `a` is shown (and chosen
 /// as the default) before `b`.
 pub fn boot_order(a: &Entry, b: &Entry) -> Ordering {
-    let name = |e: &Entry| e.file_name.strip_suffix(".conf").unwrap_or(&e.file_name).to_string();
+    let name = |e: &Entry| {
+        e.file_name
+            .strip_suffix(".conf")
+            .unwrap_or(&e.file_name)
+            .to_string()
+    };
     match (&a.sort_key, &b.sort_key) {
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
@@ -279,7 +284,11 @@ mod tests {
             ("00010", "9", Greater),
             ("010", "10", Equal),
             ("1.2.10", "1.2.9", Greater),
-            ("6.12.117+deb13-cloud-amd64", "6.12.9+deb13-cloud-amd64", Greater),
+            (
+                "6.12.117+deb13-cloud-amd64",
+                "6.12.9+deb13-cloud-amd64",
+                Greater,
+            ),
             ("1.0~rc1", "1.0", Less),
             ("1.0", "1.0.1", Less),
             ("1a", "1b", Less),
@@ -332,11 +341,15 @@ mod tests {
         let again = Entry::parse(&e.file_name, e.to_text().as_bytes()).unwrap();
         assert_eq!(again, e);
         assert_eq!(
-            Entry::parse("x.conf", b"title x\n").unwrap_err().to_string(),
+            Entry::parse("x.conf", b"title x\n")
+                .unwrap_err()
+                .to_string(),
             "no `linux` line"
         );
         assert_eq!(
-            Entry::parse("x.conf", b"linux /k\ninitrd\n").unwrap_err().to_string(),
+            Entry::parse("x.conf", b"linux /k\ninitrd\n")
+                .unwrap_err()
+                .to_string(),
             "line 2: key \"initrd\" has no value"
         );
     }

@@ -130,7 +130,7 @@ pub struct Status {
 
 fn io_err(step: &'static str, p: &Path) -> impl FnOnce(io::Error) -> DeployError {
     let path = p.to_path_buf();
-    move |source| DeployError::Io { step, path, source }
+    move |err| DeployError::Io { step, path, err }
 }
 
 fn repo_err(path: &Path) -> impl FnOnce(RepoError) -> DeployError + '_ {

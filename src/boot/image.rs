@@ -161,12 +161,10 @@ impl<'r> ImageFiles<'r> {
                     .ok_or_else(|| bad("no object named".into()))?;
                 let r = std::str::from_utf8(r.strip_prefix(b"/").unwrap_or(r))
                     .map_err(|_| bad("object name is not UTF-8".into()))?;
-                let d = Digest::from_object_path(r)
-                    .map_err(|e| bad(format!("object {r}: {e}")))?;
+                let d = Digest::from_object_path(r).map_err(|e| bad(format!("object {r}: {e}")))?;
                 let p = self.repo.objects().object_path(&d);
-                let bytes = fs::read(&p).map_err(|e| {
-                    bad(format!("object {}: {}", p.display(), e))
-                })?;
+                let bytes =
+                    fs::read(&p).map_err(|e| bad(format!("object {}: {}", p.display(), e)))?;
                 if bytes.len() as u64 != f.size {
                     return Err(bad(format!(
                         "object {} is {} bytes, the image says {}",

@@ -109,7 +109,11 @@ pub enum DeployError {
         err: Box<crate::oci::import::PullError>,
     },
     #[error("image {id} ({}): corrupt: {why}", path.display())]
-    CorruptImage { id: String, path: PathBuf, why: String },
+    CorruptImage {
+        id: String,
+        path: PathBuf,
+        why: String,
+    },
     #[error("image {image}: {path}: {why}")]
     ImageFile {
         image: String,
@@ -128,11 +132,12 @@ pub enum DeployError {
     BadEntry { path: PathBuf, why: String },
     #[error("no rollback deployment: {0}")]
     NoRollback(String),
-    #[error("{step} {}: {source}{}", path.display(), full_hint(source))]
+    // `err`, not `source`: the message already says it (with a hint after)
+    #[error("{step} {}: {err}{}", path.display(), full_hint(err))]
     Io {
         step: &'static str,
         path: PathBuf,
-        source: io::Error,
+        err: io::Error,
     },
 }
 

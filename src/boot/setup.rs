@@ -189,9 +189,12 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
     let var = match fs::read_link(state.join("var")) {
         Ok(target) if target.is_relative() => state.join(target),
         Ok(target) => {
-            return Err(io_err("use /var of", state.join("var"))(std::io::Error::other(
-                format!("symlink to {} leaves the state directory", target.display()),
-            )))
+            return Err(io_err("use /var of", state.join("var"))(
+                std::io::Error::other(format!(
+                    "symlink to {} leaves the state directory",
+                    target.display()
+                )),
+            ))
         }
         Err(_) => state.join("var"),
     };

@@ -72,7 +72,7 @@ pub struct EtcReport {
 
 fn io_err(step: &'static str, p: &Path) -> impl FnOnce(io::Error) -> DeployError {
     let path = p.to_path_buf();
-    move |source| DeployError::Io { step, path, source }
+    move |err| DeployError::Io { step, path, err }
 }
 
 /// Makes the state directory of a new deployment at `final_dir`, its
@@ -121,7 +121,7 @@ pub fn create_state(
         crate::repo::sync_dir(&base).map_err(|e| DeployError::Io {
             step: "sync",
             path: base.clone(),
-            source: io::Error::other(e.to_string()),
+            err: io::Error::other(e.to_string()),
         })
     })();
     if r.is_err() {
@@ -215,10 +215,7 @@ impl Merge<'_, '_> {
             let ip = format!("{ipath}/{}", name.to_string_lossy());
             let m = fs::symlink_metadata(&s).map_err(io_err("stat", &s))?;
             if m.is_dir() && !is_opaque(&s) {
-                let existed_in_old = self
-                    .old
-                    .lookup(&ip)
-                    .is_some_and(|id| self.old.is_dir(id));
+                let existed_in_old = self.old.lookup(&ip).is_some_and(|id| self.old.is_dir(id));
                 fs::create_dir(&d).map_err(io_err("create", &d))?;
                 self.merge_dir(&s, &d, &ip, report)?;
                 copy_attrs(&s, &d, &m)?;

@@ -207,7 +207,10 @@ pub fn status(g: &Global, repo: Option<PathBuf>, a: &StatusArgs) -> Result<()> {
     print_deployments(&s.deployments);
     if let Some(b) = &s.booted {
         if !s.deployments.iter().any(|d| &d.image == b) {
-            println!("booted: {b} (not a deployment in {})", paths.entries().display());
+            println!(
+                "booted: {b} (not a deployment in {})",
+                paths.entries().display()
+            );
         }
     }
     Ok(())

@@ -259,8 +259,10 @@ enum Command {
     /// kernel arguments in /usr/lib/bootc/kargs.d/*.toml. The entry boots composefs=<image id>;
     /// the previous default stays as the rollback. The repository is SYSROOT/composefs unless
     /// --repo is given.
-    #[command(after_help = "Examples:\n  strata deploy docker://quay.io/example/os:42\n  \
-                            strata deploy --sysroot /mnt --boot /mnt/boot --karg root=LABEL=root myos")]
+    #[command(
+        after_help = "Examples:\n  strata deploy docker://quay.io/example/os:42\n  \
+                            strata deploy --sysroot /mnt --boot /mnt/boot --karg root=LABEL=root myos"
+    )]
     Deploy(boot::DeployArgs),
     /// Show the booted, default and rollback deployments.
     Status(boot::StatusArgs),
