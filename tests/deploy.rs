@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const KVER: &str = "6.1.0-test";
@@ -195,7 +195,7 @@ fn deploy_writes_entry_kernel_state_and_record() {
     assert_eq!(out, a);
     let entries = s.entries();
     let name = format!("strata-00000001-{a}.conf");
-    assert_eq!(entries, [name.clone()]);
+    assert_eq!(entries, std::slice::from_ref(&name));
     let text = fs::read_to_string(s.boot.join("loader/entries").join(&name)).unwrap();
     let kdir = text
         .lines()
@@ -340,7 +340,7 @@ fn etc_three_way_rule() {
     fs::write(up.join("local.conf"), "mine\n").unwrap(); // new
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &up.join("removed"),
+        up.join("removed"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0),
         0,
@@ -741,7 +741,7 @@ fn sigkill_during_deploy_keeps_the_old_default() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(states, [a.clone()]);
+    assert_eq!(states, std::slice::from_ref(&a));
     assert_eq!(snapshot(&s.boot.join("strata")), a_kernel);
     // and a deploy after all that works
     s.ok(&["deploy", "b"], Some(&a));
