@@ -245,6 +245,30 @@ fn deploy_writes_entry_kernel_state_and_record() {
         rec["local_kargs"],
         serde_json::json!(["rw", "root=/dev/local"])
     );
+    // fsck checks records: clean now, a record naming a missing image is named
+    let fsck = |s: &Scratch| {
+        Command::new(STRATA)
+            .arg("--repo")
+            .arg(s.repo())
+            .arg("fsck")
+            .output()
+            .unwrap()
+    };
+    assert!(fsck(&s).status.success());
+    let bogus = s
+        .repo()
+        .join("deployments")
+        .join(format!("{}.json", "ab".repeat(32)));
+    fs::write(&bogus, b"{").unwrap();
+    let out = String::from_utf8(fsck(&s).stdout).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "deployment record {}: not a readable record\n",
+            bogus.display()
+        )
+    );
+    fs::remove_file(&bogus).unwrap();
     let st = s.status(Some(&a));
     assert_eq!(st["booted"], a.as_str());
     assert_eq!(role(&st, "default").as_deref(), Some(a.as_str()));

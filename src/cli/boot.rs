@@ -187,7 +187,7 @@ fn print_deployments(list: &[boot::Deployment]) {
             rec.and_then(|r| r.name.clone())
                 .unwrap_or_else(|| "-".into()),
             rec.map(|r| r.source.as_str()).unwrap_or("-"),
-            rec.map(|r| format!("deployed {} kernel {}", r.deployed, r.kernel_version))
+            rec.map(|r| format!("deployed {} kernel {}", utc(r.deployed), r.kernel_version))
                 .unwrap_or_default(),
         );
     }
@@ -232,4 +232,35 @@ pub fn rollback(g: &Global, repo: Option<PathBuf>, a: &StatusArgs) -> Result<()>
     }
     print_deployments(&list);
     Ok(())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // days since 1970-01-01 to a civil date (eras of 400 years)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_733_300_000), "2024-12-04 08:13:20 UTC");
+    }
 }
