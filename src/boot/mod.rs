@@ -5,10 +5,20 @@
 //!
 //! ```text
 //! SYSROOT/composefs/                   the strata repository (objects, images, refs)
+//! SYSROOT/composefs/deployments/       deployment records (see `repo::deployments`)
 //! SYSROOT/state/deploy/<image id>/
 //!     etc-upper/  etc-work/            writable overlay over the image's /etc
-//!     var/                             bind-mounted as /var
+//!     var/                             bind-mounted as /var (older setups), or
+//!     var -> ../../var                 deployments made by `deploy`: /var shared
+//! SYSROOT/state/var/                   the shared /var
+//! BOOT/loader/entries/strata-*.conf    Boot Loader Specification entries (`bls`)
+//! BOOT/strata/<kver>-<hash>/           kernels and initramfs images they boot
 //! ```
+//!
+//! [`deploy`] installs an image as a new default boot entry, its `/etc`
+//! changes carried from the booted deployment ([`state`]); [`rollback`]
+//! makes the previous entry the default; [`gc_deployments`] removes the
+//! deployments nothing keeps.
 //!
 //! [`setup_root`] mounts the image named by `composefs=<image id>` read-only
 //! (fs-verity required unless the argument is `composefs=?<image id>`),
@@ -17,10 +27,19 @@
 //! `SYSROOT`, so that the initramfs's usual `switch_root SYSROOT /sbin/init`
 //! boots the image.
 
+pub mod bls;
 pub mod cmdline;
+pub mod deploy;
+pub mod image;
+pub mod kargs;
 mod setup;
+pub mod state;
 
 pub use cmdline::{parse_cmdline, ComposefsArg, VerityPolicy};
+pub use deploy::{
+    deploy, gc_deployments, list_deployments, rollback, DeployGcReport, DeployOptions,
+    DeployReport, Deployment, Paths, Status,
+};
 pub use setup::{setup_root, SetupOptions, SetupReport};
 
 use std::io;
@@ -68,6 +87,64 @@ pub enum BootError {
 fn hint(e: &io::Error) -> &'static str {
     if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
         " (is the mount's parent shared? `mount --make-rprivate /` first)"
+    } else {
+        ""
+    }
+}
+
+/// Why a deployment command failed: one cause each, naming the image, file
+/// or directory involved.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("repository {}: {source}", path.display())]
+    Repo {
+        path: PathBuf,
+        source: crate::repo::RepoError,
+    },
+    #[error("{0}: not an image in the repository nor a pull source (docker://, oci:, oci-archive:, containers-storage:)")]
+    NoSuchImage(String),
+    #[error("pull {source_ref}: {err}")]
+    Pull {
+        source_ref: String,
+        err: Box<crate::oci::import::PullError>,
+    },
+    #[error("image {id} ({}): corrupt: {why}", path.display())]
+    CorruptImage {
+        id: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("image {image}: {path}: {why}")]
+    ImageFile {
+        image: String,
+        path: String,
+        why: String,
+    },
+    #[error("image {image} has no kernel to boot: {why}")]
+    NoKernel { image: String, why: String },
+    #[error("image {image}: {file}: {why}")]
+    Kargs {
+        image: String,
+        file: String,
+        why: String,
+    },
+    #[error("{}: {why}", path.display())]
+    BadEntry { path: PathBuf, why: String },
+    #[error("no rollback deployment: {0}")]
+    NoRollback(String),
+    // `err`, not `source`: the message already says it (with a hint after)
+    #[error("{step} {}: {err}{}", path.display(), full_hint(err))]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+}
+
+/// A hint where the errno alone leaves the reader guessing.
+fn full_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        " (nothing was changed; `strata gc` removes old deployments)"
     } else {
         ""
     }

@@ -183,11 +183,21 @@ pub fn setup_root(opts: &SetupOptions) -> Result<SetupReport, BootError> {
 
     // The deployment's state.
     let state = state_base.join(&id);
-    let (etc_upper, etc_work, var) = (
-        state.join("etc-upper"),
-        state.join("etc-work"),
-        state.join("var"),
-    );
+    let (etc_upper, etc_work) = (state.join("etc-upper"), state.join("etc-work"));
+    // `var` is a directory of this deployment's own (older setups), or a
+    // symlink `../../var` that `deploy` makes: /var shared by deployments.
+    let var = match fs::read_link(state.join("var")) {
+        Ok(target) if target.is_relative() => state.join(target),
+        Ok(target) => {
+            return Err(io_err("use /var of", state.join("var"))(
+                std::io::Error::other(format!(
+                    "symlink to {} leaves the state directory",
+                    target.display()
+                )),
+            ))
+        }
+        Err(_) => state.join("var"),
+    };
     for d in [&etc_upper, &etc_work, &var] {
         fs::create_dir_all(d).map_err(io_err("create state directory", d))?;
     }

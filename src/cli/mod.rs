@@ -166,11 +166,24 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Delete images and objects no name reaches.
+    /// Delete images and objects no name reaches; with deployments, first the deployments
+    /// beyond the booted, default and rollback ones (entries, kernels, state, records).
     Gc {
         /// Only report what would be freed.
         #[arg(long)]
         dry_run: bool,
+        /// Deployments to keep, in boot order (the booted one is kept besides) [min 2].
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        keep: usize,
+        /// The physical root whose repository (SYSROOT/composefs) and deployments to collect.
+        #[arg(long, value_name = "DIR")]
+        sysroot: Option<std::path::PathBuf>,
+        /// The boot partition holding the deployments' entries [default: /boot].
+        #[arg(long, value_name = "DIR", default_value = "/boot")]
+        boot: std::path::PathBuf,
+        /// Kernel command line naming the booted deployment.
+        #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+        cmdline: std::path::PathBuf,
     },
     /// Verify every object's digest, every image's objects and every ref.
     Fsck {
@@ -240,6 +253,21 @@ enum Command {
     },
     /// In an initramfs: mount the image named by composefs=<image id> as the new root at SYSROOT.
     SetupRoot(boot::SetupRootArgs),
+    /// Install an image as the default boot entry (kernel, initramfs, BLS entry, /etc carried).
+    ///
+    /// The image ships its kernel as /usr/lib/modules/VERSION/{vmlinuz,initramfs.img} and its
+    /// kernel arguments in /usr/lib/bootc/kargs.d/*.toml. The entry boots composefs=<image id>;
+    /// the previous default stays as the rollback. The repository is SYSROOT/composefs unless
+    /// --repo is given.
+    #[command(
+        after_help = "Examples:\n  strata deploy docker://quay.io/example/os:42\n  \
+                            strata deploy --sysroot /mnt --boot /mnt/boot --karg root=LABEL=root myos"
+    )]
+    Deploy(boot::DeployArgs),
+    /// Show the booted, default and rollback deployments.
+    Status(boot::StatusArgs),
+    /// Make the rollback deployment the default (the next boot starts it).
+    Rollback(boot::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,9 +395,33 @@ pub fn main() -> ExitCode {
         Command::Images => repo::images(&g),
         Command::Dump { name } => repo::dump(&g, name),
         Command::Rm { names } => repo::rm(&g, names),
-        Command::Gc { dry_run } => repo::gc(&g, *dry_run),
+        Command::Gc {
+            dry_run,
+            keep,
+            sysroot,
+            boot,
+            cmdline,
+        } => {
+            let mut g = g.clone();
+            if let (None, Some(s)) = (&cli.repo, sysroot) {
+                g.repo = s.join("composefs");
+            }
+            repo::gc(
+                &g,
+                *dry_run,
+                &repo::GcPlaces {
+                    keep: *keep,
+                    sysroot: sysroot.clone().unwrap_or_else(|| "/sysroot".into()),
+                    boot: boot.clone(),
+                    cmdline: cmdline.clone(),
+                },
+            )
+        }
         Command::Fsck { repair } => repo::fsck(&g, *repair),
         Command::SetupRoot(a) => boot::setup_root(g.quiet, cli.repo.clone(), a),
+        Command::Deploy(a) => boot::deploy(&g, cli.repo.clone(), a),
+        Command::Status(a) => boot::status(&g, cli.repo.clone(), a),
+        Command::Rollback(a) => boot::rollback(&g, cli.repo.clone(), a),
         Command::Mount {
             name,
             mountpoint,

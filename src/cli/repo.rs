@@ -221,13 +221,67 @@ pub fn rm(g: &Global, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn gc(g: &Global, dry_run: bool) -> Result<()> {
+/// Where gc finds deployments (used only when the repository has some).
+#[derive(Debug, Clone)]
+pub struct GcPlaces {
+    pub keep: usize,
+    pub sysroot: PathBuf,
+    pub boot: PathBuf,
+    pub cmdline: PathBuf,
+}
+
+pub fn gc(g: &Global, dry_run: bool, places: &GcPlaces) -> Result<()> {
+    use crate::boot::deploy;
+    // The deployments lock comes before the repository's.
+    let deploy_lock = deploy::lock_for_gc(&g.repo)?;
     let repo = g.open_existing(LockMode::Exclusive)?;
-    let in_use = super::mount::images_in_use(&repo, dry_run)?;
+    let booted = std::fs::read_to_string(&places.cmdline)
+        .ok()
+        .and_then(|l| crate::boot::parse_cmdline(&l).ok())
+        .map(|a| a.id);
+    let dep = match &deploy_lock {
+        Some(_) => {
+            let paths = crate::boot::Paths {
+                sysroot: places.sysroot.clone(),
+                boot: places.boot.clone(),
+                repo: g.repo.clone(),
+            };
+            Some(
+                deploy::gc_deployments(&paths, &repo, booted.as_ref(), places.keep, dry_run)
+                    .context("gc deployments")?,
+            )
+        }
+        None => None,
+    };
+    let mut in_use = super::mount::images_in_use(&repo, dry_run)?;
+    in_use.extend(booted);
     let r = repo.gc(dry_run, &in_use)?;
+    drop(deploy_lock);
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(d) = &dep {
+            v["deployments"] = serde_json::to_value(d)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(d) = &dep {
+            if let Some(why) = &d.skipped {
+                eprintln!("strata: {why}");
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for id in &d.removed {
+                println!("{verb} deployment {id}");
+            }
+            if !d.removed.is_empty() || !d.kernels_removed.is_empty() {
+                println!(
+                    "{verb} {} boot entries, {} kernel directories ({}); {} deployments kept",
+                    d.entries_removed.len(),
+                    d.kernels_removed.len(),
+                    human(d.bytes_freed_boot),
+                    d.kept.len()
+                );
+            }
+        }
         let verb = if dry_run { "would free" } else { "freed" };
         println!(
             "{verb} {} objects ({}), {} images; {} objects kept{}",

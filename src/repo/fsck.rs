@@ -42,6 +42,11 @@ pub enum Problem {
         name: String,
         target: String,
     },
+    /// A deployment record that cannot be read, or whose image is missing.
+    BadDeployment {
+        path: PathBuf,
+        why: String,
+    },
     /// An image that cannot be parsed.
     CorruptImage {
         image: String,
@@ -76,6 +81,9 @@ impl std::fmt::Display for Problem {
             Problem::DanglingImage { path } => write!(f, "dangling image entry {}", path.display()),
             Problem::DanglingRef { name, target } => write!(f, "dangling ref {name} -> {target}"),
             Problem::CorruptImage { image, error } => write!(f, "image {image}: {error}"),
+            Problem::BadDeployment { path, why } => {
+                write!(f, "deployment record {}: {why}", path.display())
+            }
             Problem::Unreadable { path, error } => {
                 write!(f, "cannot read {}: {error}", path.display())
             }
@@ -206,6 +214,21 @@ impl Repository {
                     name,
                     target: target.unwrap_or_else(|| "?".into()),
                 });
+            }
+        }
+        // Deployment records: readable, and naming an image that exists.
+        for hex in self.deployed_images() {
+            let path = super::deployments::dir_of(&self.root).join(format!("{hex}.json"));
+            let why = match self.deployment(&hex) {
+                None => Some("not a readable record".to_string()),
+                Some(r) if r.image != hex => Some(format!("names image {}", r.image)),
+                Some(_) if !images_dir.join(&hex).exists() => {
+                    Some(format!("image {hex} is not in the repository"))
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                report.problems.push(Problem::BadDeployment { path, why });
             }
         }
         if repair {

@@ -3,6 +3,10 @@
 //! Runs under the exclusive repository lock, so no writer is between writing
 //! objects and the ref that will reference them: every writer holds the
 //! shared lock from its first object to its last ref.
+//!
+//! Roots: every image a name (`refs/images/`) reaches, every image in
+//! `in_use` (mounted, booted) and every image with a deployment record
+//! (`deployments/<image id>.json`, see `deployments.rs`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -23,6 +27,8 @@ pub struct GcReport {
     pub refs_removed: u64,
     /// Images kept only because they are mounted or booted.
     pub images_in_use: u64,
+    /// Images kept only because a deployment record names them.
+    pub images_deployed: u64,
 }
 
 impl Repository {
@@ -46,6 +52,13 @@ impl Repository {
                 && live_images.insert(id.to_hex())
             {
                 report.images_in_use += 1;
+            }
+        }
+        // Deployments (`deployments/<image id>.json`, even unreadable ones):
+        // a boot entry may point at them.
+        for hex in self.deployed_images() {
+            if live_images.insert(hex) {
+                report.images_deployed += 1;
             }
         }
         let mut live: HashSet<Vec<u8>> = HashSet::new();

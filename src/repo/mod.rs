@@ -5,6 +5,7 @@
 //! REPO/objects/XX/…              file objects and EROFS images, by fs-verity digest
 //! REPO/images/<image id>         symlink → ../objects/XX/… (images that may be mounted)
 //! REPO/refs/images/<name>        symlink → ../../images/<image id> (GC roots)
+//! REPO/deployments/<image id>.json  deployment records (GC roots; see deployments.rs)
 //! REPO/tmp/                      staging; cleaned when the repository is opened alone
 //! REPO/lock                      flock: shared for readers and writers, exclusive for gc
 //! ```
@@ -13,6 +14,7 @@
 //! are flushed (one `syncfs`) before any ref that needs them is written, so a
 //! crash at any moment leaves a consistent repository.
 
+pub mod deployments;
 pub mod fsck;
 pub mod gc;
 pub mod mounts;

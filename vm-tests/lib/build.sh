@@ -22,7 +22,7 @@ build_strata() {
         if (cd "$SRC" && CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_LTO=off \
             CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
             cargo build -q --release --target "$MUSL" --bin strata) >"$cargo_out" 2>&1; then
-            STRATA_BIN=$SRC/target/$MUSL/release/strata STRATA_KIND=musl
+            STRATA_BIN=${CARGO_TARGET_DIR:-$SRC/target}/$MUSL/release/strata STRATA_KIND=musl
             return 0
         fi
         tail -5 "$cargo_out" >&2
@@ -32,7 +32,7 @@ build_strata() {
     log "building strata (glibc; its libraries go into the initramfs)"
     (cd "$SRC" && cargo build -q --release --bin strata) >"$cargo_out" 2>&1 ||
         { tail -20 "$cargo_out" >&2; die "cargo build failed"; }
-    STRATA_BIN=$SRC/target/release/strata STRATA_KIND=glibc
+    STRATA_BIN=${CARGO_TARGET_DIR:-$SRC/target}/release/strata STRATA_KIND=glibc
 }
 
 # install_bin SRC ROOT DEST: a binary and, if dynamic, every library ldd names
@@ -134,6 +134,7 @@ build_initramfs() {
     install_bin "$(command -v fsverity)" "$r" /bin/fsverity
     install -m755 "$HERE/guest/init" "$r/init"
     install -m644 "$HERE/guest/checks.sh" "$r/checks.sh"
+    install -m755 "$HERE/guest/deploy-init" "$r/deploy-init"
     local m
     while read -r m; do cp "$MODULES_OUT/$m" "$r/lib/modules/"; done <"$MODULES_OUT/order"
     cp "$MODULES_OUT/order" "$r/lib/modules/order"
@@ -147,4 +148,88 @@ make_disk() {
     rm -f "$WORK/disk.img"
     truncate -s 512M "$WORK/disk.img"
     mkfs.ext4 -q -F -O verity -b 4096 -L strata-vm "$WORK/disk.img"
+}
+
+# The initramfs that deployed images ship at /usr/lib/modules/VERSION/initramfs.img:
+# the same /init (busybox, strata, modules), without the checks and the payload.
+build_boot_initramfs() {
+    local r=$WORK/boot-initramfs m
+    rm -rf "$r" && mkdir -p "$r"/{bin,sbin,lib/modules,etc}
+    cp "$BUSYBOX" "$r/bin/busybox"
+    install_bin "$STRATA_BIN" "$r" /bin/strata
+    ln -s ../bin/strata "$r/sbin/mount.composefs"
+    install -m755 "$HERE/guest/init" "$r/init"
+    while read -r m; do cp "$MODULES_OUT/$m" "$r/lib/modules/"; done <"$MODULES_OUT/order"
+    cp "$MODULES_OUT/order" "$r/lib/modules/order"
+    (cd "$r" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$WORK/boot-initramfs.cpio"
+}
+
+# Three bootable images A, B, C for the deployment guests, as one OCI layout
+# (payload/deploy-oci, tags a, b, c) sharing a base layer: busybox, strata, the
+# guests' /sbin/init (guest/deploy-init), the kernel and initramfs at
+# /usr/lib/modules/$KERNEL_VERSION/ and the kernel arguments in
+# /usr/lib/bootc/kargs.d. Each image adds a small layer of its own /etc:
+#   test.conf  the same in A, B and C (the guest changes it: the user's wins)
+#   hostname   changed by B and C (the guest rewrites it unchanged: the image's wins)
+#   motd       changed by B and C; b-new only in B and C
+build_deploy_images() {
+    local out=$WORK/payload/deploy-oci src=$WORK/deploy-src base a blob_base diff_base size_base
+    rm -rf "$out" "$src" && mkdir -p "$out/blobs/sha256" "$src"
+    base=$src/base
+    mkdir -p "$base"/{bin,sbin,etc,usr/share/deploy-test,var,sysroot,proc,sys,dev,run,tmp,boot}
+    cp "$BUSYBOX" "$base/bin/busybox"
+    for a in $("$BUSYBOX" --list); do
+        case $a in busybox | init) ;; *) [ -e "$base/bin/$a" ] || ln -s busybox "$base/bin/$a" ;; esac
+    done
+    install -m755 "$STRATA_BIN" "$base/bin/strata"
+    install -m755 "$HERE/guest/deploy-init" "$base/sbin/init"
+    mkdir -p "$base/usr/lib/modules/$KERNEL_VERSION" "$base/usr/lib/bootc/kargs.d"
+    cp "$VMLINUZ" "$base/usr/lib/modules/$KERNEL_VERSION/vmlinuz"
+    cp "$WORK/boot-initramfs.cpio" "$base/usr/lib/modules/$KERNEL_VERSION/initramfs.img"
+    printf 'kargs = ["console=ttyS0", "panic=-1", "rdinit=/init", "strata.vmtest=root"]\n' \
+        >"$base/usr/lib/bootc/kargs.d/10-vmtest.toml"
+    printf 'kargs = ["quiet"]\nmatch-architectures = ["x86_64"]\n' >"$base/usr/lib/bootc/kargs.d/20-quiet.toml"
+    printf 'kargs = ["strata.never=1"]\nmatch-architectures = ["s390x"]\n' >"$base/usr/lib/bootc/kargs.d/30-s390x.toml"
+
+    tarit() { tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -C "$1" -cf - . ; }
+    blob() { # FILE -> digest hex; moves it into blobs/
+        local h
+        h=$(sha256sum "$1" | cut -d' ' -f1)
+        mv "$1" "$out/blobs/sha256/$h"
+        echo "$h"
+    }
+    tarit "$base" >"$out/base.tar"
+    diff_base=$(sha256sum "$out/base.tar" | cut -d' ' -f1)
+    size_base=$(stat -c %s "$out/base.tar")
+    blob_base=$(blob "$out/base.tar")
+    local manifests="" v l d s cfg cz m mz
+    for v in a b c; do
+        l=$src/$v
+        mkdir -p "$l/etc" "$l/usr/share/deploy-test"
+        local V=${v^^}
+        printf 'NAME="strata deploy test"\nPRETTY_NAME="strata deploy test %s"\nID=strata-deploy-test\nVERSION_ID=%s\n' "$V" "$V" >"$l/etc/os-release"
+        echo "$V" >"$l/usr/share/deploy-test/version"
+        printf 'setting=base\n' >"$l/etc/test.conf"
+        if [ "$v" = a ]; then
+            printf 'host-a\n' >"$l/etc/hostname"
+            printf 'motd of A\n' >"$l/etc/motd"
+        else
+            printf 'host-%s\n' "$v" >"$l/etc/hostname"
+            printf 'motd of %s\n' "$V" >"$l/etc/motd"
+            printf 'new in %s\n' "$V" >"$l/etc/b-new"
+        fi
+        tarit "$l" >"$out/$v.tar"
+        d=$(sha256sum "$out/$v.tar" | cut -d' ' -f1)
+        s=$(stat -c %s "$out/$v.tar")
+        l=$(blob "$out/$v.tar")
+        printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/sbin/init"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s","sha256:%s"]}}' \
+            "$diff_base" "$d" >"$out/config.json"
+        cz=$(stat -c %s "$out/config.json"); cfg=$(blob "$out/config.json")
+        printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+            "$cfg" "$cz" "$blob_base" "$size_base" "$l" "$s" >"$out/manifest.json"
+        mz=$(stat -c %s "$out/manifest.json"); m=$(blob "$out/manifest.json")
+        manifests="$manifests${manifests:+,}{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$m\",\"size\":$mz,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$v\"}}"
+    done
+    printf '{"schemaVersion":2,"manifests":[%s]}' "$manifests" >"$out/index.json"
+    echo '{"imageLayoutVersion":"1.0.0"}' >"$out/oci-layout"
 }

@@ -46,11 +46,14 @@ boot_guest() {
     fi
     local append="console=ttyS0 panic=-1 rdinit=/init $*"
     [ "${VM_TESTS_VERBOSE:-0}" = 1 ] || append="$append quiet"
+    # a boot entry's own kernel, initrd and options (boot_default_entry)
+    local kernel=${GUEST_KERNEL:-$VMLINUZ} initrd=${GUEST_INITRD:-$WORK/initramfs.cpio}
+    [ -z "${GUEST_CMDLINE:-}" ] || append=$GUEST_CMDLINE
     start=${EPOCHREALTIME/./}
     set +e
     timeout --kill-after=5 "$TIMEOUT" qemu-system-x86_64 "${cpu[@]}" -M q35 -smp 2 -m 1024 \
         -nodefaults -no-user-config -display none -serial stdio -monitor none -no-reboot \
-        -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio" -append "$append" \
+        -kernel "$kernel" -initrd "$initrd" -append "$append" \
         -drive "file=$WORK/disk.img,format=raw,if=virtio,cache=unsafe" </dev/null 2>&1 |
         while IFS= read -r line; do
             now=${EPOCHREALTIME/./}
@@ -106,4 +109,37 @@ report_guest() {
         log "guest '$name' stopped without STRATA-DONE; see $logf"
         FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name/finished")
     fi
+}
+
+# boot_default_entry NAME: boots the guest disk's default Boot Loader Specification
+# entry the way a boot loader would. The disk's /boot is the boot partition: its
+# loader/entries/*.conf are ordered as the specification says (entries with a
+# sort-key first, by sort-key, then machine-id, then version descending; without
+# one, by file name descending; versions compared with sort -V), and the first
+# entry's linux, initrd and options are given to qemu as -kernel, -initrd and
+# -append. Sets BOOTED_ENTRY; GUEST_STATUS=no-entry when there is none.
+boot_default_entry() {
+    local name=$1 b=$WORK/$1-boot f tab=$'\t' linux initrd options
+    rm -rf "$b" && mkdir -p "$b"
+    # the guests power off without unmounting: replay the journal, as the next mount would
+    e2fsck -E journal_only -p "$WORK/disk.img" >/dev/null 2>&1 || true
+    debugfs -R "rdump /boot $b" "$WORK/disk.img" >"$b/debugfs.log" 2>&1 || true
+    BOOTED_ENTRY=
+    for f in "$b"/boot/loader/entries/*.conf; do
+        [ -f "$f" ] || continue
+        awk -v f="${f##*/}" '
+            $1 == "sort-key" { sk = $2 } $1 == "machine-id" { mid = $2 } $1 == "version" { v = $2 }
+            END { printf "%d\t%s\t%s\t%s\t%s\n", (sk == "" ? 1 : 0), sk, mid, v, f }' "$f"
+    done | LC_ALL=C sort -t"$tab" -k1,1n -k2,2 -k3,3 -k4,4Vr -k5,5Vr >"$b/order"
+    BOOTED_ENTRY=$(head -n1 "$b/order" | cut -f5)
+    if [ -z "$BOOTED_ENTRY" ]; then
+        GUEST_STATUS=no-entry GUEST_SECONDS=0
+        : >"$WORK/$name.log"
+        return
+    fi
+    f=$b/boot/loader/entries/$BOOTED_ENTRY
+    linux=$(awk '$1 == "linux" { print $2; exit }' "$f")
+    initrd=$(awk '$1 == "initrd" { print $2; exit }' "$f")
+    options=$(awk '$1 == "options" { sub(/^options[ \t]+/, ""); printf "%s ", $0 }' "$f")
+    GUEST_KERNEL=$b/boot$linux GUEST_INITRD=$b/boot$initrd GUEST_CMDLINE=${options% } boot_guest "$name"
 }

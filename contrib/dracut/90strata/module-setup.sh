@@ -8,6 +8,16 @@
 # (per-deployment /etc overlay and /var from /sysroot/state/deploy/<id>, the
 # physical root at /sysroot/sysroot) before systemd switches root into it.
 #
+# Deployments (`strata deploy`) write Boot Loader Specification entries whose
+# `options` line is the whole kernel command line: composefs=<image id>, the
+# image's kargs.d arguments and the --karg ones (root=, rw, rd.*, systemd.*).
+# The boot loader passes it; dracut's usual root= handling mounts the physical
+# root on /sysroot (systemd-fstab-generator in the initrd), the unit below
+# makes it writable if `ro` was given (the deployment's /etc and /var live on
+# it), runs setup-root, and systemd switches root into the image. Images that
+# ship this initramfs need nothing else: `dracut --add strata` inside the image
+# build, output at /usr/lib/modules/VERSION/initramfs.img.
+#
 # Install: copy this directory to /usr/lib/dracut/modules.d/90strata
 # (contrib/install.sh --dracut does it), then `dracut --add strata -f`.
 
@@ -22,6 +32,7 @@ depends() {
 }
 
 installkernel() {
+    # erofs + overlay for the image, loop for kernels without file-backed EROFS
     hostonly='' instmods erofs overlay loop
 }
 
@@ -29,6 +40,7 @@ installkernel() {
 # shellcheck disable=SC2154
 install() {
     inst_binary strata
+    inst_multiple -o mount
     inst_simple "$moddir/strata-setup-root.service" \
         "$systemdsystemunitdir/strata-setup-root.service"
     $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target strata-setup-root.service
