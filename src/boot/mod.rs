@@ -157,3 +157,35 @@ pub(crate) fn io_err(
     let path = path.into();
     move |source| BootError::Io { step, path, source }
 }
+
+/// Images in use on this system, which gc must keep whatever their names: mounted ones
+/// (records whose mount still exists; records of gone mounts are dropped unless
+/// `dry_run`) and the image this system booted (`composefs=` in `cmdline`, normally
+/// `/proc/cmdline`).
+pub fn images_in_use(
+    repo: &crate::repo::Repository,
+    dry_run: bool,
+    cmdline: &std::path::Path,
+) -> Result<Vec<crate::fsverity::Digest>, crate::repo::RepoError> {
+    let mut out = Vec::new();
+    for (path, rec) in repo.mount_records() {
+        let live = rec
+            .as_ref()
+            .is_some_and(|r| crate::mount::is_mounted(r.mnt_ns, r.mnt_id, &r.mountpoint));
+        match rec {
+            Some(r) if live => {
+                if let Ok(d) = crate::fsverity::Digest::from_hex(repo.algorithm(), &r.image) {
+                    out.push(d);
+                }
+            }
+            _ if !dry_run => repo.remove_mount_record(&path)?,
+            _ => {}
+        }
+    }
+    if let Ok(line) = std::fs::read_to_string(cmdline) {
+        if let Ok(arg) = parse_cmdline(&line) {
+            out.push(arg.id);
+        }
+    }
+    Ok(out)
+}

@@ -132,33 +132,6 @@ pub fn umount(g: &Global, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Images in use, which gc must keep whatever their names: mounted ones
-/// (records whose mount still exists; records of gone mounts are dropped
-/// unless `dry_run`) and the image this system booted (`composefs=`).
-pub fn images_in_use(repo: &crate::repo::Repository, dry_run: bool) -> Result<Vec<Digest>> {
-    let mut out = Vec::new();
-    for (path, rec) in repo.mount_records() {
-        let live = rec
-            .as_ref()
-            .is_some_and(|r| mount::is_mounted(r.mnt_ns, r.mnt_id, &r.mountpoint));
-        match rec {
-            Some(r) if live => {
-                if let Ok(d) = Digest::from_hex(repo.algorithm(), &r.image) {
-                    out.push(d);
-                }
-            }
-            _ if !dry_run => repo.remove_mount_record(&path)?,
-            _ => {}
-        }
-    }
-    if let Ok(line) = std::fs::read_to_string("/proc/cmdline") {
-        if let Ok(arg) = crate::boot::parse_cmdline(&line) {
-            out.push(arg.id);
-        }
-    }
-    Ok(out)
-}
-
 /// `mount.composefs IMAGE MOUNTPOINT -o …` (also `strata mount-helper`).
 pub fn helper(args: &[OsString]) -> Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {

@@ -253,7 +253,7 @@ pub fn gc(g: &Global, dry_run: bool, places: &GcPlaces) -> Result<()> {
         }
         None => None,
     };
-    let mut in_use = super::mount::images_in_use(&repo, dry_run)?;
+    let mut in_use = crate::boot::images_in_use(&repo, dry_run, Path::new("/proc/cmdline"))?;
     in_use.extend(booted);
     let r = repo.gc(dry_run, &in_use)?;
     drop(deploy_lock);
