@@ -12,7 +12,8 @@ use rustix::fd::AsFd;
 use rustix::io::Errno;
 use rustix::ioctl::{ioctl, opcode, Opcode, Setter, Updater};
 
-use crate::fsverity::MAX_DIGEST_SIZE;
+/// The kernel's `FS_VERITY_MAX_DIGEST_SIZE` (SHA-512); `fsverity::MAX_DIGEST_SIZE` is this.
+pub(crate) const MAX_DIGEST_SIZE: usize = 64;
 
 /// `struct fsverity_enable_arg`.
 #[repr(C)]

@@ -44,7 +44,7 @@ pub const BLOCK_SIZE: usize = 4096;
 pub const LOG_BLOCK_SIZE: u8 = 12;
 
 /// Largest digest size of any supported algorithm (SHA-512).
-pub const MAX_DIGEST_SIZE: usize = 64;
+pub const MAX_DIGEST_SIZE: usize = crate::sys::MAX_DIGEST_SIZE;
 
 /// Hash algorithm of an fs-verity Merkle tree and file digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -43,6 +43,13 @@ pub fn push_layout(
     let before = dest.client().stats();
     let src = OciSource::open_layout(dir)?;
     let img = src.resolve(Some(&LayoutRef::Tag(tag.to_string())), None)?;
+    if img.manifest.raw.len() as u64 > MAX_JSON_SIZE {
+        return Err(SourceError::JsonTooLarge {
+            digest: img.manifest_digest.clone(),
+            what: "manifest",
+            size: img.manifest.raw.len() as u64,
+        });
+    }
     let manifest: &ImageManifest = &img.manifest.parsed;
     let mut blobs = vec![(
         manifest.config().digest().to_string(),
@@ -64,7 +71,10 @@ pub fn push_layout(
                     break;
                 };
                 let r = (|| {
-                    let path = dir.join("blobs/sha256").join(&digest["sha256:".len()..]);
+                    let hex = digest
+                        .strip_prefix("sha256:")
+                        .ok_or_else(|| SourceError::UnsupportedDigest(digest.clone()))?;
+                    let path = dir.join("blobs/sha256").join(hex);
                     let mut f = File::open(&path).map_err(SourceError::io(&path))?;
                     Ok(dest.push_blob(digest, *size, &mut f, mount_from)?)
                 })();
@@ -83,13 +93,6 @@ pub fn push_layout(
             PushOutcome::Existed => ex += 1,
             PushOutcome::Mounted => mo += 1,
         }
-    }
-    if img.manifest.raw.len() as u64 > MAX_JSON_SIZE {
-        return Err(SourceError::JsonTooLarge {
-            digest: img.manifest_digest.clone(),
-            what: "manifest",
-            size: img.manifest.raw.len() as u64,
-        });
     }
     let mt = manifest
         .media_type()

@@ -158,10 +158,12 @@ impl TokenCache {
     }
 
     pub fn put(&self, key: String, token: String, lifetime: Duration) {
-        let until = Instant::now()
-            + lifetime
-                .saturating_sub(EXPIRY_MARGIN)
-                .max(Duration::from_secs(1));
+        // A server's expires_in is untrusted: capped at a day.
+        let life = lifetime
+            .min(Duration::from_secs(86_400))
+            .saturating_sub(EXPIRY_MARGIN)
+            .max(Duration::from_secs(1));
+        let until = Instant::now() + life;
         self.tokens
             .lock()
             .expect("token cache lock")
@@ -231,6 +233,17 @@ mod tests {
         assert_eq!(t.into_token(), Some(("T".into(), Duration::from_secs(60))));
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert_eq!(t.into_token(), None);
+    }
+
+    #[test]
+    fn an_absurd_lifetime_does_not_overflow() {
+        let c = TokenCache::default();
+        c.put("k".into(), "t".into(), Duration::from_secs(u64::MAX));
+        assert_eq!(c.get("k").as_deref(), Some("t"));
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"token":"x","expires_in":18446744073709551615}"#).unwrap();
+        let (tok, life) = t.into_token().unwrap();
+        c.put("k2".into(), tok, life);
     }
 
     #[test]

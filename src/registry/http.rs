@@ -222,8 +222,14 @@ fn split_url(url: &str) -> Option<(&str, &str, &str)> {
 
 /// Resolve a `Location` header against the URL it came from.
 fn resolve_location(base: &str, loc: &str) -> Option<String> {
-    if loc.contains("://") {
-        return Some(loc.to_string());
+    // Absolute when it starts with a scheme (`ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"`).
+    if let Some((scheme, _)) = loc.split_once(':') {
+        let mut b = scheme.bytes();
+        if b.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && b.all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+        {
+            return Some(loc.to_string());
+        }
     }
     let (scheme, auth, path) = split_url(base)?;
     if let Some(rest) = loc.strip_prefix("//") {
@@ -272,7 +278,11 @@ pub fn error_message(resp: Response<ureq::Body>) -> String {
                 }
             })
             .collect::<Vec<_>>()
-            .join("; "),
+            .join("; ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect(),
         _ => String::new(),
     }
 }
@@ -411,7 +421,7 @@ impl Transport {
                 _ => None,
             }),
             Challenge::Bearer { realm, service, .. } => {
-                let Some((key, scopes)) = token_key(req, challenge) else {
+                let Some((key, scopes)) = self.token_key(req, challenge) else {
                     return Ok(None);
                 };
                 if let Some(t) = self.tokens.get(&key) {
@@ -434,7 +444,7 @@ impl Transport {
         cred: Option<Credential>,
     ) -> Result<(String, Duration), RegistryError> {
         let registry = req.host.to_string();
-        let what = format!("token from {realm}");
+        let what = format!("token from {}", redact_query(realm));
         let Some((scheme, auth_host, _)) = split_url(realm) else {
             return Err(RegistryError::Protocol {
                 registry,
@@ -446,7 +456,18 @@ impl Transport {
             return Err(RegistryError::Protocol {
                 registry,
                 what: req.what.to_string(),
-                why: format!("invalid token realm {realm:?}"),
+                why: format!("invalid token realm {}", redact_query(realm)),
+            });
+        }
+        // Credentials cross the network in the clear only where plain HTTP is allowed.
+        if scheme == "http" && !self.plain_http_allowed(auth_host) {
+            return Err(RegistryError::Protocol {
+                registry,
+                what: req.what.to_string(),
+                why: format!(
+                    "token realm {} is plain HTTP; refused (mark {auth_host} insecure to allow it)",
+                    redact_query(realm)
+                ),
             });
         }
         let mut query = Vec::new();
@@ -576,6 +597,35 @@ impl Transport {
         }
     }
 
+    /// The token cache key and scopes a request needs under a Bearer challenge: the
+    /// request's scopes plus any the registry asked for; keyed by registry host and user
+    /// too, so that two registries sharing a realm never share a token.
+    fn token_key(&self, req: &Req, challenge: &Challenge) -> Option<(String, Vec<String>)> {
+        let Challenge::Bearer {
+            realm,
+            service,
+            scope,
+        } = challenge
+        else {
+            return None;
+        };
+        let mut scopes = req.scopes.clone();
+        if let Some(s) = scope {
+            for one in s.split(' ').filter(|x| !x.is_empty()) {
+                if !scopes.iter().any(|x| x == one) {
+                    scopes.push(one.to_string());
+                }
+            }
+        }
+        let user = self.user_of(req.host, req.repository).unwrap_or_default();
+        let key = format!(
+            "{}\n{}\n{user}",
+            auth::cache_key(realm, service.as_deref(), &scopes.join(" ")),
+            req.host
+        );
+        Some((key, scopes))
+    }
+
     fn proto(&self, registry: &str, what: &str, why: String) -> RegistryError {
         RegistryError::Protocol {
             registry: registry.to_string(),
@@ -649,8 +699,10 @@ impl Transport {
         let mut attempt = 0;
         let mut authed_after_401 = false;
         loop {
-            match self.send_once(req, authed_after_401) {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authed_after_401 => {
+            match self.send_once(req) {
+                Ok((resp, true))
+                    if resp.status() == StatusCode::UNAUTHORIZED && !authed_after_401 =>
+                {
                     let challenge = auth::parse_challenges(
                         resp.headers()
                             .get_all(header::WWW_AUTHENTICATE)
@@ -668,7 +720,7 @@ impl Transport {
                     drop(resp);
                     // A token the server no longer accepts (expired or revoked early) is
                     // dropped, so the retry asks for a new one.
-                    if let Some((key, _)) = token_key(req, &challenge) {
+                    if let Some((key, _)) = self.token_key(req, &challenge) {
                         self.tokens.forget(&key);
                     }
                     self.challenges
@@ -677,7 +729,7 @@ impl Transport {
                         .insert(req.host.to_string(), challenge);
                     authed_after_401 = true;
                 }
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                Ok((resp, _)) if resp.status() == StatusCode::UNAUTHORIZED => {
                     return Err(RegistryError::Unauthorized {
                         registry: registry.to_string(),
                         what: req.what.to_string(),
@@ -685,7 +737,7 @@ impl Transport {
                         message: error_message(resp),
                     });
                 }
-                Ok(resp) if resp.status() == StatusCode::FORBIDDEN => {
+                Ok((resp, _)) if resp.status() == StatusCode::FORBIDDEN => {
                     return Err(RegistryError::Denied {
                         registry: registry.to_string(),
                         what: req.what.to_string(),
@@ -693,17 +745,26 @@ impl Transport {
                         message: error_message(resp),
                     });
                 }
-                Ok(resp) => match retryable(&resp) {
-                    Some(after) => {
+                Ok((resp, _)) => match retryable(&resp) {
+                    Some(after) if req.method != Method::PATCH => {
                         let cause = resp.status().to_string();
                         drop(resp);
                         attempt += 1;
                         self.backoff(registry, req.what, attempt, cause, after)?;
                     }
-                    None => return Ok(resp),
+                    _ => return Ok(resp),
                 },
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Again) => {}
+                // An upload piece may have been stored before the connection broke: sending
+                // it again would be refused; the caller restarts the upload instead.
+                Err(Failure::Retry { cause, .. }) if req.method == Method::PATCH => {
+                    return Err(RegistryError::Transport {
+                        registry: registry.to_string(),
+                        what: req.what.to_string(),
+                        cause,
+                    });
+                }
                 Err(Failure::Retry { cause, after }) => {
                     attempt += 1;
                     self.backoff(registry, req.what, attempt, cause, after)?;
@@ -713,7 +774,9 @@ impl Transport {
     }
 
     /// One attempt: follow redirects, attach auth where it belongs.
-    fn send_once(&self, req: &Req, after_401: bool) -> Result<Response<ureq::Body>, Failure> {
+    /// Returns the final response and whether it came from the registry itself (same
+    /// scheme and host as asked): only then may its auth challenge be believed.
+    fn send_once(&self, req: &Req) -> Result<(Response<ureq::Body>, bool), Failure> {
         let fatal = Failure::Fatal;
         let challenge = self
             .challenges
@@ -729,8 +792,8 @@ impl Transport {
             })?,
             None => None,
         };
-        let _ = after_401;
-        let mut url = format!("{}://{}{}", self.scheme(req.host), req.host, req.path);
+        let scheme = self.scheme(req.host);
+        let mut url = format!("{scheme}://{}{}", req.host, req.path);
         let mut visited = HashSet::new();
         let mut method = req.method.clone();
         let mut body = req.body;
@@ -742,14 +805,15 @@ impl Transport {
                     url: redact_query(&url),
                 }));
             }
-            let (_, authority, _) = split_url(&url).ok_or_else(|| {
+            let (url_scheme, authority, _) = split_url(&url).ok_or_else(|| {
                 fatal(self.proto(
                     req.host,
                     req.what,
                     format!("invalid URL {}", redact_query(&url)),
                 ))
             })?;
-            let same_host = authority.eq_ignore_ascii_case(req.host);
+            // Credentials go only to the registry itself, over the scheme it was reached by.
+            let same_host = url_scheme == scheme && authority.eq_ignore_ascii_case(req.host);
             let agent = self.agent(authority).map_err(fatal)?;
             let mut b = http::Request::builder().method(method.clone()).uri(&url);
             for (k, v) in &req.headers {
@@ -796,7 +860,7 @@ impl Transport {
             let status = resp.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 let Some(loc) = header_str(&resp, header::LOCATION) else {
-                    return Ok(resp);
+                    return Ok((resp, same_host));
                 };
                 let Some(next) = resolve_location(&url, loc) else {
                     return Err(fatal(self.proto(
@@ -812,6 +876,15 @@ impl Transport {
                         "redirect to a non-HTTP URL".into(),
                     )));
                 }
+                if let Some(("http", target, _)) = split_url(&next) {
+                    if !self.plain_http_allowed(target) {
+                        return Err(fatal(self.proto(
+                            req.host,
+                            req.what,
+                            format!("redirect to plain HTTP at {target} refused"),
+                        )));
+                    }
+                }
                 if status == StatusCode::SEE_OTHER {
                     method = Method::GET;
                     body = ReqBody::None;
@@ -820,7 +893,7 @@ impl Transport {
                 url = next;
                 continue;
             }
-            return Ok(resp);
+            return Ok((resp, same_host));
         }
         Err(fatal(RegistryError::TooManyRedirects {
             registry: req.host.to_string(),
@@ -880,36 +953,24 @@ impl Transport {
             Kind::NotTls => {}
         }
         if self.plain_http_allowed(req.host) {
-            self.plain_http
+            let before = self
+                .plain_http
                 .lock()
                 .expect("scheme lock")
                 .insert(req.host.to_string(), true);
-            return Some(Failure::Again);
+            if before != Some(true) {
+                return Some(Failure::Again);
+            }
+            return Some(Failure::Fatal(RegistryError::Transport {
+                registry: req.host.to_string(),
+                what: req.what.to_string(),
+                cause: "sent back to HTTPS, which it does not speak".into(),
+            }));
         }
         Some(Failure::Fatal(RegistryError::PlainHttpRefused {
             registry: req.host.to_string(),
         }))
     }
-}
-
-/// The token cache key and scopes a request needs under a Bearer challenge.
-fn token_key(req: &Req, challenge: &Challenge) -> Option<(String, Vec<String>)> {
-    let Challenge::Bearer {
-        realm,
-        service,
-        scope,
-    } = challenge
-    else {
-        return None;
-    };
-    let mut scopes = req.scopes.clone();
-    if let Some(s) = scope {
-        if req.scopes.is_empty() {
-            scopes.push(s.clone());
-        }
-    }
-    let key = auth::cache_key(realm, service.as_deref(), &scopes.join(" "));
-    Some((key, scopes))
 }
 
 /// Drop the query string (signed URLs carry credentials) from a URL for a message.
@@ -926,6 +987,8 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         ureq::Error::ConnectionFailed => "connection failed".into(),
         ureq::Error::Rustls(r) => format!("TLS: {r}"),
+        // Its text holds the whole URI, which may carry a signed query.
+        ureq::Error::BadUri(_) => "invalid URL".into(),
         other => other.to_string(),
     }
 }
@@ -997,6 +1060,11 @@ mod tests {
             "http://other/x?sig=1"
         );
         assert_eq!(resolve_location(base, "//cdn/x").unwrap(), "https://cdn/x");
+        // A URL inside the query does not make a relative location absolute.
+        assert_eq!(
+            resolve_location(base, "/v2/a?u=https://y").unwrap(),
+            "https://r.example:5000/v2/a?u=https://y"
+        );
         assert_eq!(
             resolve_location(base, "z?q").unwrap(),
             "https://r.example:5000/v2/a/blobs/uploads/z?q"

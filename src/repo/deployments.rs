@@ -1,7 +1,7 @@
 //! Deployment records: `REPO/deployments/<image id>.json`, one per image
 //! deployed with `strata deploy` (see `doc/deployments.md`). This is
 //! storage only; what a deployment is and when it goes away is
-//! `crate::boot`'s business.
+//! the boot module's business.
 //!
 //! A record is a GC root from the moment it exists: gc keeps the image of
 //! every file named `<image id>.json` here, even one it cannot parse, so a
