@@ -953,19 +953,14 @@ impl Transport {
             Kind::NotTls => {}
         }
         if self.plain_http_allowed(req.host) {
-            let before = self
-                .plain_http
+            // Another thread may have switched already; either way, send again over
+            // HTTP. (A later redirect back to HTTPS is not "the same host" any more, so
+            // this cannot loop.)
+            self.plain_http
                 .lock()
                 .expect("scheme lock")
                 .insert(req.host.to_string(), true);
-            if before != Some(true) {
-                return Some(Failure::Again);
-            }
-            return Some(Failure::Fatal(RegistryError::Transport {
-                registry: req.host.to_string(),
-                what: req.what.to_string(),
-                cause: "sent back to HTTPS, which it does not speak".into(),
-            }));
+            return Some(Failure::Again);
         }
         Some(Failure::Fatal(RegistryError::PlainHttpRefused {
             registry: req.host.to_string(),
