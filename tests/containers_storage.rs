@@ -380,6 +380,14 @@ fn podman_load_of_an_archive_imports_the_layout_image() {
             "{kind}: image id differs from pull oci:"
         );
         same_as(&env, &repo, "app", &oracle);
+        // Into the layout pull's repository: another manifest (docker-archive), the same
+        // diff_ids, so no layer is read again.
+        let again = env.pull(&oracle, &cs(&store, &image), &[]);
+        assert_eq!(image_id(&again), want);
+        if again["already_present"] == false {
+            assert_eq!(again["layers_reused"], 2, "{kind}: {again}");
+            assert_eq!(again["layers_imported"], 0, "{kind}: {again}");
+        }
     }
 }
 
