@@ -330,7 +330,7 @@ fn find_image(
                 }
                 None => {
                     let name = c.to_string();
-                    images.iter().find(|i| i.names.iter().any(|n| *n == name))
+                    images.iter().find(|i| i.names.contains(&name))
                 }
             };
             if let Some(i) = hit {
