@@ -185,7 +185,9 @@ enum Job {
 /// tar stream (so that the stream's checks cover them) and hashed.
 #[derive(Debug)]
 pub struct LocalFile {
-    pub file: fs::File,
+    /// Shared with the stream, which reads the bytes through it (a clone
+    /// does not use the file offset).
+    pub file: std::sync::Arc<fs::File>,
     /// The file's stamp when it was opened: if it changed by the time it is
     /// cloned, the object is refused (see [`ObjectDir::add_file`]).
     pub stamp: FileStamp,

@@ -13,6 +13,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest as _, Sha256};
@@ -29,7 +30,7 @@ enum Cur {
     None,
     Segment(Vec<u8>, usize),
     File {
-        file: fs::File,
+        file: Arc<fs::File>,
         stamp: FileStamp,
         path: PathBuf,
         size: u64,
@@ -156,10 +157,15 @@ impl LayerTar {
                 Some(Entry::File { size: 0, .. }) => self.cur = Cur::None,
                 Some(Entry::File { name, size, .. }) => {
                     let (file, path) = self.open_file(&name)?;
-                    let stamp = FileStamp::of(&file)
-                        .map_err(|e| self.file_error(&path, format!("cannot stat: {e}")))?;
                     let st = rustix::fs::fstat(&file)
                         .map_err(|e| self.file_error(&path, format!("cannot stat: {e}")))?;
+                    // What `FileStamp::of` reads, from the one fstat.
+                    let stamp = FileStamp {
+                        size: st.st_size as u64,
+                        mtime: (st.st_mtime, st.st_mtime_nsec as u64),
+                        ctime: (st.st_ctime, st.st_ctime_nsec as u64),
+                        ino: st.st_ino,
+                    };
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
                         != rustix::fs::FileType::RegularFile
                     {
@@ -175,7 +181,7 @@ impl LayerTar {
                         ));
                     }
                     self.cur = Cur::File {
-                        file,
+                        file: Arc::new(file),
                         stamp,
                         path,
                         size,
@@ -314,7 +320,7 @@ impl TarStream for LayerTar {
                 left,
                 ..
             } if *s == size && *left == size => Ok(Some(LocalFile {
-                file: file.try_clone()?,
+                file: Arc::clone(file),
                 stamp: *stamp,
             })),
             _ => Ok(None),
