@@ -492,6 +492,44 @@ fn missing_image_and_unsupported_driver_say_so_in_one_line() {
 }
 
 #[test]
+fn a_store_locked_by_a_writer_is_busy_not_half_read() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let layout = env.path().join("layout");
+    make_layout(&layout, &[TestImage::single("app").salt("busy")]);
+    let store = env.path().join("store");
+    let (_reg, _, id) = podman_pull_layout(&env, &store, &layout, "app");
+    // Hold the layer store's write lock as containers-storage's writers do (a POSIX
+    // record lock on the whole file).
+    let lock_path = store.join("root/overlay-layers/layers.lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    rustix::fs::fcntl_lock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let repo = env.path().join("repo");
+    let mut c = env.cmd(&repo, &["pull", &cs(&store, &id)]);
+    c.env("STRATA_STORAGE_LOCK_TIMEOUT", "1");
+    let o = c.output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains(&format!(
+            "{}: store busy: a writer (podman?) held the lock for more than 1 s",
+            lock_path.display()
+        )),
+        "{e}"
+    );
+    // Released: the import goes through.
+    rustix::fs::fcntl_lock(&lock, rustix::fs::FlockOperation::Unlock).unwrap();
+    env.pull(&repo, &cs(&store, &id), &[]);
+    fsck_clean(&env, &repo);
+}
+
+#[test]
 fn podman_rmi_racing_the_import_never_leaves_a_partial_image() {
     if skip() {
         return;

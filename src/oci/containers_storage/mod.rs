@@ -7,7 +7,8 @@
 //!   locks on `overlay-layers/layers.lock` and `overlay-images/images.lock`, see
 //!   [`store`]) and holds them until the source is dropped: a concurrent `podman pull` or
 //!   `podman rmi` waits for the import instead of changing files under it. A store whose
-//!   writer holds a lock longer than [`store::LOCK_TIMEOUT`] gives a "store busy" error.
+//!   writer holds a lock longer than [`store::LOCK_TIMEOUT`] (60 s,
+//!   `$STRATA_STORAGE_LOCK_TIMEOUT`) gives a "store busy" error.
 //! * **Nothing unverified.** The manifest and config are checked against their digests like
 //!   any source's. Layers are not stored as tars: each is re-serialised from its tar-split
 //!   (headers, exactly as pulled) and the files of its `diff` directory (contents), and the
@@ -199,14 +200,9 @@ impl StorageSource {
         if !root.join("overlay-images/images.json").is_file() {
             return Err(StorageError::NotAStore { root }.into());
         }
-        let layers_lock = store::read_lock(
-            &root.join("overlay-layers/layers.lock"),
-            store::LOCK_TIMEOUT,
-        )?;
-        let images_lock = store::read_lock(
-            &root.join("overlay-images/images.lock"),
-            store::LOCK_TIMEOUT,
-        )?;
+        let timeout = store::lock_timeout();
+        let layers_lock = store::read_lock(&root.join("overlay-layers/layers.lock"), timeout)?;
+        let images_lock = store::read_lock(&root.join("overlay-images/images.lock"), timeout)?;
         let images: Vec<ImageRecord> = store::read_json(
             &root.join("overlay-images/images.json"),
             store::MAX_STORE_JSON,

@@ -36,8 +36,17 @@ use super::StorageError;
 pub const MAX_STORE_JSON: u64 = 256 << 20;
 /// Largest `storage.conf` read.
 pub const MAX_CONF: u64 = 1 << 20;
-/// How long to wait for a writer (podman pull, rmi, …) to release a store lock.
+/// How long to wait for a writer (podman pull, rmi, …) to release a store lock, unless
+/// `$STRATA_STORAGE_LOCK_TIMEOUT` gives another number of seconds.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`LOCK_TIMEOUT`], or `$STRATA_STORAGE_LOCK_TIMEOUT` seconds.
+pub fn lock_timeout() -> Duration {
+    std::env::var("STRATA_STORAGE_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(LOCK_TIMEOUT, Duration::from_secs)
+}
 
 /// One image of `images.json` (the fields strata uses).
 #[derive(Debug, Clone, Deserialize)]
