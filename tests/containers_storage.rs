@@ -79,6 +79,23 @@ impl Env {
         self.dir.path()
     }
 
+    /// Unmounts whatever podman left mounted below this environment (its overlay driver
+    /// bind-mounts `ROOT/overlay` on itself, and a failing podman may leave it).
+    fn unmount_leftovers(&self) {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(self.path()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg(p).status();
+        }
+    }
+
     fn envs(&self, c: &mut Command) {
         c.env("HOME", self.path().join("home"))
             .env("XDG_RUNTIME_DIR", self.path().join("home"))
@@ -216,6 +233,12 @@ fn podman_pull_layout(
     let id = env.podman_pull(store, &docker);
     assert_eq!(id.len(), 64, "podman printed the image id: {id}");
     (reg, docker, id)
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.unmount_leftovers();
+    }
 }
 
 fn image_id(v: &Value) -> String {
@@ -639,7 +662,8 @@ impl XfsLoop {
 
 impl Drop for XfsLoop {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        // Recursively: a store on it may still have podman's bind mount.
+        let _ = Command::new("umount").arg("-R").arg(&self.mnt).status();
     }
 }
 
