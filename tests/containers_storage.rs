@@ -460,6 +460,48 @@ fn a_file_changed_in_the_store_is_named() {
 }
 
 #[test]
+fn owners_and_modes_come_from_the_tar_split_not_the_files() {
+    if skip() {
+        return;
+    }
+    let env = Env::new();
+    let layout = env.path().join("layout");
+    make_layout(&layout, &[TestImage::single("app").salt("owners")]);
+    let oracle = env.path().join("repo-layout");
+    let want = image_id(&env.pull(&oracle, &format!("oci:{}:app", layout.display()), &[]));
+    let store = env.path().join("store");
+    let (_reg, _, id) = podman_pull_layout(&env, &store, &layout, "app");
+    // What a rootless store looks like from outside its user namespace: every file owned
+    // by a sub-uid, and modes as a force_mask would leave them.
+    for d in std::fs::read_dir(store.join("root/overlay")).unwrap() {
+        let diff = d.unwrap().path().join("diff");
+        if !diff.is_dir() {
+            continue;
+        }
+        let o = Command::new("chown")
+            .args(["-R", "-h", "100000:100000"])
+            .arg(&diff)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let o = Command::new("find")
+            .arg(&diff)
+            .args(["-type", "f", "-exec", "chmod", "0600", "{}", "+"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let repo = env.path().join("repo");
+    let got = env.pull(&repo, &cs(&store, &id), &["--name", "app"]);
+    assert_eq!(
+        image_id(&got),
+        want,
+        "owners/modes taken from the files on disk"
+    );
+    same_as(&env, &repo, "app", &oracle);
+}
+
+#[test]
 fn missing_image_and_unsupported_driver_say_so_in_one_line() {
     if skip() {
         return;
