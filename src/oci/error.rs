@@ -12,6 +12,8 @@ use super::media::MAX_JSON_SIZE;
 pub enum SourceError {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Storage(Box<super::containers_storage::StorageError>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -118,6 +120,12 @@ pub enum SourceError {
     },
     #[error("invalid tag {0:?}")]
     InvalidTag(String),
+}
+
+impl From<super::containers_storage::StorageError> for SourceError {
+    fn from(e: super::containers_storage::StorageError) -> Self {
+        SourceError::Storage(Box::new(e))
+    }
 }
 
 fn list_or_none(v: &[String]) -> String {

@@ -169,8 +169,17 @@ pub struct OpenedSource {
 }
 
 /// Opens the source a pull names: `docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`,
-/// `oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`.
+/// `oci:PATH[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`,
+/// `containers-storage:[DRIVER@ROOT+RUNROOT]IMAGE`.
 pub fn open_source(source: &str, opts: &PullOptions) -> Result<OpenedSource, PullError> {
+    if let Some(spec) = source.strip_prefix("containers-storage:") {
+        let src = super::containers_storage::StorageSource::open(spec)?;
+        return Ok(OpenedSource {
+            canonical: src.canonical(),
+            source: Box::new(src),
+            client: None,
+        });
+    }
     if source.starts_with("docker:") {
         let reference = crate::registry::Reference::parse(source)
             .map_err(|e| SourceError::from(crate::registry::RegistryError::from(e)))?;
@@ -484,6 +493,19 @@ fn import_one(
             splitstream: ss,
             entries,
             imported: false,
+        });
+    }
+    if let Some(local) = src.open_local_layer(layer)? {
+        let imported = splitstream::import_layer_from(local, repo.objects())
+            .map_err(|e| layer_error(layer, e))?;
+        let (ss, _) = repo
+            .objects()
+            .add_bytes(&imported.splitstream)
+            .map_err(RepoError::from)?;
+        return Ok(LayerResult {
+            splitstream: ss,
+            entries: imported.entries,
+            imported: true,
         });
     }
     let bar = layer_bar(progress, layer);

@@ -3,9 +3,11 @@
 
 pub mod splitstream;
 pub mod tar;
+pub mod tarsplit;
 
 pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats, ImportedLayer};
 pub use tar::LayerError;
+pub mod containers_storage;
 pub mod error;
 pub mod import;
 pub mod layout;

@@ -56,7 +56,19 @@ pub trait ImageSource: Send + Sync {
     fn cheap_to_reread(&self) -> bool {
         true
     }
+    /// A layer the source holds unpacked (containers-storage): its exact tar stream,
+    /// re-serialised by the source, which also offers the local file behind each payload
+    /// (so that objects can be reflinked) and checks the layer's diff_id at the end of the
+    /// stream (errors travel as `io::Error`s carrying a [`SourceError`]). `None`: read the
+    /// blob instead.
+    fn open_local_layer(&self, _layer: &LayerDesc) -> Result<Option<LocalLayer>, SourceError> {
+        Ok(None)
+    }
 }
+
+/// A layer's tar stream with local files for its payloads; see
+/// [`ImageSource::open_local_layer`].
+pub type LocalLayer = Box<dyn super::splitstream::TarStream + Send>;
 
 /// Stream a blob, verifying its size and sha256 digest as it is read.
 pub fn open_blob(

@@ -21,7 +21,7 @@ use std::sync::{mpsc, Mutex};
 use super::tar::{read_full, EntryName, Input, LayerError, Parser};
 use super::{EntryData, LayerEntry};
 use crate::fsverity::{Algorithm, Digest};
-use crate::repo::objects::{Added, ObjectDir, ObjectError};
+use crate::repo::objects::{Added, FileStamp, ObjectDir, ObjectError};
 
 /// First bytes of every splitstream.
 pub const MAGIC: [u8; 8] = *b"STRSPLT\0";
@@ -173,10 +173,53 @@ fn enc_err(e: io::Error) -> LayerError {
 /// the digest table).
 enum Job {
     /// A whole object of at most [`BUFFER_MAX`] bytes.
-    Bytes(usize, Vec<u8>),
+    Bytes(usize, Vec<u8>, Option<LocalFile>),
     /// A larger object of the given size, whose data arrives in chunks (the
     /// sender is dropped after the last one).
-    Stream(usize, u64, mpsc::Receiver<Vec<u8>>),
+    Stream(usize, u64, mpsc::Receiver<Vec<u8>>, Option<LocalFile>),
+}
+
+/// A local file whose contents are the payload being read: the object is
+/// then cloned from it (a reflink where the filesystem can, a copy where
+/// not) instead of written from the bytes, which are still read through the
+/// tar stream (so that the stream's checks cover them) and hashed.
+#[derive(Debug)]
+pub struct LocalFile {
+    /// Shared with the stream, which reads the bytes through it (a clone
+    /// does not use the file offset).
+    pub file: std::sync::Arc<fs::File>,
+    /// The file's stamp when it was opened: if it changed by the time it is
+    /// cloned, the object is refused (see [`ObjectDir::add_file`]).
+    pub stamp: FileStamp,
+}
+
+/// A tar stream that may know a local file holding each payload.
+pub trait TarStream: Read {
+    /// Called when the next `size` bytes of the stream are the contents of
+    /// a regular file: the local file that holds exactly those bytes, if
+    /// the stream has one. The stream still yields the bytes.
+    fn payload_file(&mut self, size: u64) -> io::Result<Option<LocalFile>>;
+}
+
+impl<T: TarStream + ?Sized> TarStream for Box<T> {
+    fn payload_file(&mut self, size: u64) -> io::Result<Option<LocalFile>> {
+        (**self).payload_file(size)
+    }
+}
+
+/// A plain tar stream: no local files.
+struct Plain<R>(R);
+
+impl<R: Read> Read for Plain<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> TarStream for Plain<R> {
+    fn payload_file(&mut self, _size: u64) -> io::Result<Option<LocalFile>> {
+        Ok(None)
+    }
 }
 
 /// What a worker reports for one object.
@@ -201,7 +244,7 @@ struct Importer<'a, R> {
     payload_entries: Vec<EntryName>,
 }
 
-impl<R: Read> Importer<'_, R> {
+impl<R: TarStream> Importer<'_, R> {
     fn pump(&mut self, limit: Option<u64>) -> io::Result<u64> {
         let mut done = 0u64;
         loop {
@@ -250,7 +293,7 @@ impl<R: Read> Importer<'_, R> {
     }
 }
 
-impl<R: Read> Input for Importer<'_, R> {
+impl<R: TarStream> Input for Importer<'_, R> {
     fn offset(&self) -> u64 {
         self.offset
     }
@@ -277,17 +320,24 @@ impl<R: Read> Input for Importer<'_, R> {
         let index = self.payload_entries.len();
         self.payload_entries.push(entry.clone());
         self.rec.reference(size).map_err(enc_err)?;
+        let local = self
+            .reader
+            .payload_file(size)
+            .map_err(|source| LayerError::Io {
+                entry: entry.clone(),
+                source,
+            })?;
         if size <= BUFFER_MAX {
             let mut data = Vec::new();
             self.read_chunk(&mut data, size, entry)?;
             self.jobs
-                .send(Job::Bytes(index, data))
+                .send(Job::Bytes(index, data, local))
                 .map_err(|_| worker_gone())?;
             return Ok(None);
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         self.jobs
-            .send(Job::Stream(index, size, rx))
+            .send(Job::Stream(index, size, rx, local))
             .map_err(|_| worker_gone())?;
         let mut left = size;
         while left > 0 {
@@ -321,8 +371,24 @@ fn store_worker(
             continue; // drain without working
         }
         let (index, result) = match job {
-            Job::Bytes(index, data) => (index, objects.add_bytes(&data)),
-            Job::Stream(index, size, chunks) => {
+            Job::Bytes(index, data, None) => (index, objects.add_bytes(&data)),
+            Job::Bytes(index, data, Some(local)) => {
+                let digest = crate::fsverity::par_digest_bytes(objects.algorithm(), &data);
+                (index, clone_local(objects, &digest, &local))
+            }
+            Job::Stream(index, size, chunks, Some(local)) => {
+                let mut hasher = crate::fsverity::FsVerityHasher::new(objects.algorithm());
+                for chunk in chunks {
+                    hasher.update(&chunk);
+                    let _ = recycle.send(chunk);
+                }
+                if hasher.len() != size {
+                    // Fewer bytes than announced: the parser failed; it reports why.
+                    continue;
+                }
+                (index, clone_local(objects, &hasher.finish(), &local))
+            }
+            Job::Stream(index, size, chunks, None) => {
                 let mut w = match objects.writer() {
                     Ok(w) => w,
                     Err(e) => {
@@ -362,6 +428,18 @@ fn store_worker(
     }
 }
 
+/// Stores the object `digest` (computed from the bytes read through the
+/// stream) by cloning the local file that holds them.
+fn clone_local(
+    objects: &ObjectDir,
+    digest: &Digest,
+    local: &LocalFile,
+) -> Result<(Digest, Added), ObjectError> {
+    objects
+        .add_file(&local.file, digest, &local.stamp)
+        .map(|added| (*digest, added))
+}
+
 /// Number of object worker threads.
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
@@ -372,6 +450,17 @@ fn workers() -> usize {
 /// splitstream and entries. Objects are hashed and written by worker
 /// threads while the tar is being read.
 pub fn import_layer(reader: impl Read, objects: &ObjectDir) -> Result<ImportedLayer, LayerError> {
+    import_layer_from(Plain(reader), objects)
+}
+
+/// [`import_layer`] for a tar stream that knows local files holding its
+/// payloads ([`TarStream`]): those objects are cloned from the files. The
+/// splitstream and entries are the same as [`import_layer`] of the same
+/// bytes would give.
+pub fn import_layer_from(
+    reader: impl TarStream,
+    objects: &ObjectDir,
+) -> Result<ImportedLayer, LayerError> {
     let alg = objects.algorithm();
     let n_workers = workers();
     let (jobs_tx, jobs_rx) = mpsc::sync_channel(2 * n_workers);
