@@ -13,7 +13,7 @@ pub enum SourceError {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
-    Storage(Box<super::containers_storage::StorageError>),
+    Storage(Box<super::containers_storage::error::StorageError>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -122,8 +122,8 @@ pub enum SourceError {
     InvalidTag(String),
 }
 
-impl From<super::containers_storage::StorageError> for SourceError {
-    fn from(e: super::containers_storage::StorageError) -> Self {
+impl From<super::containers_storage::error::StorageError> for SourceError {
+    fn from(e: super::containers_storage::error::StorageError) -> Self {
         SourceError::Storage(Box::new(e))
     }
 }
