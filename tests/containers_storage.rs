@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::registry::{
     make_layout, run_with_timeout, sha256_digest, skopeo_copy, Registry, TestImage,
 };
+use common::sandbox::Sandbox;
 use serde_json::Value;
 
 /// Missing tools make the tests skip, saying so (tools/setup installs them).
@@ -35,10 +36,16 @@ fn skip() -> bool {
     false
 }
 
-/// A hermetic environment: no auth files, registries.conf, storage.conf or containers.conf
-/// of the machine.
+/// A hermetic environment ([`Sandbox`]) that also runs podman.
 struct Env {
-    dir: tempfile::TempDir,
+    sb: Sandbox,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
 }
 
 impl Env {
@@ -47,36 +54,9 @@ impl Env {
     }
 
     fn new_in(parent: Option<&Path>) -> Env {
-        let dir = match parent {
-            Some(p) => tempfile::tempdir_in(p).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        std::fs::write(
-            dir.path().join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .unwrap();
-        // podman wants a driver and a runroot; every command names its store anyway.
-        std::fs::write(
-            dir.path().join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/default-root\"\nrunroot = \"{0}/default-run\"\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("containers.conf"), "").unwrap();
-        std::fs::write(
-            dir.path().join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        Env { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
+        Env {
+            sb: Sandbox::new_in(parent),
+        }
     }
 
     /// Unmounts whatever podman left mounted below this environment (its overlay driver
@@ -94,63 +74,6 @@ impl Env {
         for p in points {
             let _ = Command::new("umount").arg(p).status();
         }
-    }
-
-    fn envs(&self, c: &mut Command) {
-        c.env("HOME", self.path().join("home"))
-            .env("XDG_RUNTIME_DIR", self.path().join("home"))
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("DOCKER_CONFIG")
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.path().join("registries.conf"),
-            )
-            .env("CONTAINERS_STORAGE_CONF", self.path().join("storage.conf"))
-            .env("CONTAINERS_CONF", self.path().join("containers.conf"));
-    }
-
-    fn cmd(&self, repo: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-        c.arg("--repo").arg(repo).args(args);
-        self.envs(&mut c);
-        c
-    }
-
-    fn run(&self, repo: &Path, args: &[&str]) -> Output {
-        let o = self.cmd(repo, args).output().unwrap();
-        eprintln!(
-            "strata {args:?}: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
-    }
-
-    fn ok(&self, repo: &Path, args: &[&str]) -> Vec<u8> {
-        let o = self.run(repo, args);
-        assert!(o.status.success(), "strata {args:?} failed");
-        o.stdout
-    }
-
-    /// The single error line of a failing command.
-    fn err(&self, repo: &Path, args: &[&str]) -> String {
-        let o = self.run(repo, args);
-        assert!(!o.status.success(), "strata {args:?} should fail");
-        let e = String::from_utf8_lossy(&o.stderr).into_owned();
-        let lines: Vec<&str> = e
-            .lines()
-            .filter(|l| {
-                !l.contains("created repository") && !l.contains("fs-verity is not supported")
-            })
-            .collect();
-        assert_eq!(lines.len(), 1, "one error line: {e}");
-        lines[0].to_string()
-    }
-
-    fn pull(&self, repo: &Path, source: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["--json", "pull", source];
-        args.extend_from_slice(extra);
-        serde_json::from_slice(&self.ok(repo, &args)).unwrap()
     }
 
     /// A podman store at `store` (`root/`, `run/` inside).

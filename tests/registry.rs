@@ -15,6 +15,7 @@ use common::registry::{
     curl, make_layout, skopeo_copy, BuiltImage, Fault, FaultKind, FaultProxy, Registry,
     RegistryOpts, TestImage, TokenGate, TokenOpts,
 };
+use common::sandbox::Sandbox as Env;
 use serde_json::Value;
 
 /// Missing tools make the registry tests skip, saying so (tools/setup installs them).
@@ -29,77 +30,6 @@ fn skip() -> bool {
         }
     }
     false
-}
-
-/// A hermetic environment: no auth files, certs or registries.conf of the machine.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        std::fs::write(dir.path().join("registries.conf"), "").unwrap();
-        Env { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, repo: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-        c.arg("--repo").arg(repo).args(args);
-        c.env("HOME", self.path().join("home"))
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("DOCKER_CONFIG")
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.path().join("registries.conf"),
-            );
-        c
-    }
-
-    fn run(&self, repo: &Path, args: &[&str]) -> Output {
-        let o = self.cmd(repo, args).output().unwrap();
-        eprintln!(
-            "strata {args:?}: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
-    }
-
-    fn ok(&self, repo: &Path, args: &[&str]) -> Vec<u8> {
-        let o = self.run(repo, args);
-        assert!(o.status.success(), "strata {args:?} failed");
-        o.stdout
-    }
-
-    /// The single error line of a failing command.
-    fn err(&self, repo: &Path, args: &[&str]) -> String {
-        let o = self.run(repo, args);
-        assert!(!o.status.success(), "strata {args:?} should fail");
-        // First use of a repository notes its creation; the rest is the error.
-        let e = String::from_utf8_lossy(&o.stderr).into_owned();
-        let lines: Vec<&str> = e
-            .lines()
-            .filter(|l| {
-                !l.contains("created repository") && !l.contains("fs-verity is not supported")
-            })
-            .collect();
-        assert_eq!(lines.len(), 1, "one error line: {e}");
-        lines[0].to_string()
-    }
-
-    /// `pull --json`, parsed.
-    fn pull(&self, repo: &Path, source: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["--json", "pull", source];
-        args.extend_from_slice(extra);
-        serde_json::from_slice(&self.ok(repo, &args)).unwrap()
-    }
 }
 
 fn image_id(v: &Value) -> String {

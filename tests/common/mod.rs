@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod registry;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
