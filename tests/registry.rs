@@ -81,6 +81,13 @@ fn layer_digests(m: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The usual test image `app` in a layout, and its image id by `pull oci:`.
+fn app_image(env: &Env) -> (PathBuf, String) {
+    let (layout, _) = setup_layout(env, &[TestImage::single("app")]);
+    let want = layout_id(env, &layout, "app", None);
+    (layout, want)
+}
+
 fn setup_layout(env: &Env, images: &[TestImage]) -> (PathBuf, Vec<BuiltImage>) {
     let layout = env.path().join("layout");
     let built = make_layout(&layout, images);
@@ -223,8 +230,7 @@ fn tls_with_a_test_ca_and_basic_auth() {
         return;
     }
     let env = Env::new();
-    let (layout, _) = setup_layout(&env, &[TestImage::single("app")]);
-    let want = layout_id(&env, &layout, "app", None);
+    let (layout, want) = app_image(&env);
     let password = "s3cret-Pa55word";
     let reg = Registry::start(RegistryOpts {
         tls: true,
@@ -379,8 +385,7 @@ fn client_certificates_from_certs_d() {
         return;
     }
     let env = Env::new();
-    let (layout, _) = setup_layout(&env, &[TestImage::single("app")]);
-    let want = layout_id(&env, &layout, "app", None);
+    let (layout, want) = app_image(&env);
     let reg = Registry::start(RegistryOpts {
         tls: true,
         client_cert: true,
@@ -446,8 +451,7 @@ fn bearer_tokens_from_a_token_server() {
         return;
     }
     let env = Env::new();
-    let (layout, _) = setup_layout(&env, &[TestImage::single("app")]);
-    let want = layout_id(&env, &layout, "app", None);
+    let (layout, want) = app_image(&env);
     let reg = Registry::plain();
     skopeo_copy(
         &format!("oci:{}:app", layout.display()),
@@ -737,8 +741,7 @@ fn redirects_are_followed_without_authorization() {
     // strata → token gate → fault proxy → registry; blob GETs are redirected to the
     // proxy's second listener (another host), which must never see Authorization.
     let env = Env::new();
-    let (layout, _) = setup_layout(&env, &[TestImage::single("app")]);
-    let want = layout_id(&env, &layout, "app", None);
+    let (layout, want) = app_image(&env);
     let reg = Registry::plain();
     skopeo_copy(
         &format!("oci:{}:app", layout.display()),
