@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::files::{read_limited, ReadError};
 use super::reference;
 
 /// A credential. Its `Debug` never shows the secret.
@@ -482,16 +483,10 @@ fn read_json(path: &Path) -> Result<Option<Map<String, Value>>, AuthFileError> {
         }
         Err(e) => return Err(io(e)),
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_AUTH_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_AUTH_FILE_SIZE {
-        return Err(invalid(format!(
-            "larger than {} MiB",
-            MAX_AUTH_FILE_SIZE >> 20
-        )));
-    }
+    let bytes = read_limited(file, MAX_AUTH_FILE_SIZE).map_err(|e| match e {
+        ReadError::Io(e) => io(e),
+        ReadError::TooLarge(why) => invalid(why),
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Some(Map::new()));
     }

@@ -400,7 +400,7 @@ fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfError> {
 
 /// The file's text, `None` when it does not exist.
 fn read_bounded(path: &Path) -> Result<Option<String>, ConfError> {
-    use std::io::Read;
+    use super::files::{read_limited, ReadError};
     let io = |source| ConfError::Io {
         path: path.to_path_buf(),
         source,
@@ -410,17 +410,13 @@ fn read_bounded(path: &Path) -> Result<Option<String>, ConfError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_CONF_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_CONF_SIZE {
-        let why = format!("larger than {} MiB", MAX_CONF_SIZE >> 20);
-        return Err(ConfError::Invalid {
+    let bytes = read_limited(file, MAX_CONF_SIZE).map_err(|e| match e {
+        ReadError::Io(e) => io(e),
+        ReadError::TooLarge(why) => ConfError::Invalid {
             path: path.to_path_buf(),
             why,
-        });
-    }
+        },
+    })?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| ConfError::Invalid {

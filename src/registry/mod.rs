@@ -14,6 +14,7 @@ pub mod authfile;
 pub mod client;
 pub mod conf;
 pub mod error;
+mod files;
 pub mod http;
 pub mod push;
 pub mod reference;

@@ -18,10 +18,10 @@
 //!   `verify = false` turns certificate verification off entirely (`insecure = true`).
 //! - Errors never include key material.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use super::files::{read_limited, ReadError};
 use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -197,18 +197,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CERT_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_CERT_FILE_SIZE {
-        let why = format!("larger than {} MiB", MAX_CERT_FILE_SIZE >> 20);
-        return Err(TlsError::Invalid {
+    read_limited(file, MAX_CERT_FILE_SIZE).map_err(|e| match e {
+        ReadError::Io(e) => io(e),
+        ReadError::TooLarge(why) => TlsError::Invalid {
             path: path.to_path_buf(),
             why,
-        });
-    }
-    Ok(bytes)
+        },
+    })
 }
 
 /// Every certificate of a PEM file; at least one.
