@@ -101,6 +101,9 @@ enum Command {
         /// Platform to pick from a multi-platform index: os/arch[/variant] [default: this host].
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        /// Fetch every layer blob whole: no partial pulls of zstd:chunked layers.
+        #[arg(long)]
+        full: bool,
         #[command(flatten)]
         registry: registry::RegistryArgs,
     },
@@ -369,12 +372,14 @@ pub fn main() -> ExitCode {
             name,
             name_opt,
             platform,
+            full,
             registry,
         } => oci::pull(
             &g,
             source,
             name.as_deref().or(name_opt.as_deref()),
             platform.as_deref(),
+            *full,
             registry,
         ),
         Command::Login {

@@ -16,6 +16,7 @@ pub fn pull(
     source: &str,
     name: Option<&str>,
     platform: Option<&str>,
+    full: bool,
     reg: &RegistryArgs,
 ) -> Result<()> {
     let repo = g.open_repo(LockMode::Shared)?;
@@ -32,12 +33,26 @@ pub fn pull(
         progress,
         registry,
         jobs: reg.jobs.map(|j| j as usize),
+        full,
+        shared: Default::default(),
     };
     let r = do_pull(&repo, source, name, &opts).with_context(|| format!("pull {source}"))?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("{}", r.image_id);
+        if !g.quiet {
+            for p in &r.partial {
+                eprintln!(
+                    "strata: layer {}: {}",
+                    p.digest,
+                    crate::oci::import::partial_message(&p.stats)
+                );
+            }
+            for f in &r.full_pulls {
+                eprintln!("strata: layer {}: pulled fully: {}", f.digest, f.why);
+            }
+        }
         if g.verbose || (!g.quiet && r.already_present) {
             eprintln!(
                 "strata: {}: {} layers imported, {} reused, {} new objects ({} bytes) in {:.2} s{}",

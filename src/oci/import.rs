@@ -40,6 +40,8 @@ pub enum PullError {
         source: Box<LayerError>,
     },
     #[error(transparent)]
+    Partial(#[from] super::partial::PartialError),
+    #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("cannot write image: {0}")]
     Write(#[from] erofs::WriteError),
@@ -81,6 +83,27 @@ pub struct PullReport {
     /// Network figures for registry sources: requests, bytes fetched, retries, resumes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::registry::StatsSnapshot>,
+    /// Layers pulled partially (zstd:chunked): what each fetched and reused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<PartialLayer>,
+    /// Layers that could have been pulled partially but were pulled fully, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub full_pulls: Vec<FullPull>,
+}
+
+/// One partially pulled layer in a [`PullReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PartialLayer {
+    pub digest: String,
+    #[serde(flatten)]
+    pub stats: super::partial::PartialStats,
+}
+
+/// A layer pulled fully for a reason worth telling.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullPull {
+    pub digest: String,
+    pub why: String,
 }
 
 /// Options for [`pull`].
@@ -93,6 +116,11 @@ pub struct PullOptions {
     pub jobs: Option<usize>,
     /// Where to draw one progress bar per layer (bytes and files); none: quiet.
     pub progress: Option<indicatif::MultiProgress>,
+    /// Never pull partially: fetch every layer blob whole.
+    pub full: bool,
+    /// Shared by the layers of the pull (and of several pulls in one process): contents
+    /// being fetched, what the registry accepts.
+    pub shared: super::partial::Shared,
 }
 
 /// Counts the (compressed) bytes read through it into a layer's bar and the total.
@@ -158,6 +186,8 @@ struct LayerResult {
     splitstream: Digest,
     entries: Vec<LayerEntry>,
     imported: bool,
+    partial: Option<super::partial::PartialStats>,
+    full_why: Option<String>,
 }
 
 /// A source opened for a pull, with the canonical name recorded for it.
@@ -257,6 +287,8 @@ pub fn pull(
                 bytes_written: 0,
                 seconds: t0.elapsed().as_secs_f64(),
                 network: network(),
+                partial: Vec::new(),
+                full_pulls: Vec::new(),
             });
         }
     }
@@ -392,6 +424,28 @@ pub fn pull(
         bytes_written,
         seconds: t0.elapsed().as_secs_f64(),
         network: network(),
+        partial: img
+            .layers
+            .iter()
+            .zip(&results)
+            .filter_map(|(l, r)| {
+                r.partial.clone().map(|stats| PartialLayer {
+                    digest: l.digest.clone(),
+                    stats,
+                })
+            })
+            .collect(),
+        full_pulls: img
+            .layers
+            .iter()
+            .zip(&results)
+            .filter_map(|(l, r)| {
+                r.full_why.clone().map(|why| FullPull {
+                    digest: l.digest.clone(),
+                    why,
+                })
+            })
+            .collect(),
     })
 }
 
@@ -439,7 +493,7 @@ fn import_layers(
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&i) = unique.get(k) else { break };
-                let r = import_one(repo, src, &img.layers[i], progress, &total);
+                let r = import_one(repo, src, &img.layers[i], opts, &total);
                 let failed = r.is_err();
                 results
                     .lock()
@@ -469,6 +523,8 @@ fn import_layers(
             splitstream: r.splitstream,
             entries: r.entries.clone(),
             imported: r.imported,
+            partial: r.partial.clone(),
+            full_why: r.full_why.clone(),
         });
     }
     Ok(out)
@@ -478,9 +534,10 @@ fn import_one(
     repo: &Repository,
     src: &dyn ImageSource,
     layer: &super::LayerDesc,
-    progress: Option<&indicatif::MultiProgress>,
+    opts: &PullOptions,
     total: &indicatif::ProgressBar,
 ) -> Result<LayerResult, PullError> {
+    let progress = opts.progress.as_ref();
     let diff = hex_of(&layer.diff_id);
     if let Some(ss) = repo.get_ref("layers", diff) {
         let bytes = repo.read_object(&ss)?;
@@ -493,6 +550,8 @@ fn import_one(
             splitstream: ss,
             entries,
             imported: false,
+            partial: None,
+            full_why: None,
         });
     }
     if let Some(local) = src.open_local_layer(layer)? {
@@ -506,11 +565,51 @@ fn import_one(
             splitstream: ss,
             entries: imported.entries,
             imported: true,
+            partial: None,
+            full_why: None,
         });
     }
     let bar = layer_bar(progress, layer);
+    let mut full_why = None;
+    let mut whole = None;
+    if let (false, Some(image)) = (opts.full, src.registry_image()) {
+        let p = BarProgress {
+            bar: bar.clone(),
+            total: total.clone(),
+            layer_size: layer.size,
+        };
+        match super::partial::pull_layer(repo, image, layer, &opts.shared, &p)? {
+            super::partial::Outcome::Imported(imported, stats) => {
+                let (ss, _) = repo
+                    .objects()
+                    .add_bytes(&imported.splitstream)
+                    .map_err(RepoError::from)?;
+                // The bytes not fetched count as done in the total.
+                total.inc(layer.size.saturating_sub(stats.bytes_fetched));
+                bar.finish_with_message(partial_message(&stats));
+                return Ok(LayerResult {
+                    splitstream: ss,
+                    entries: imported.entries,
+                    imported: true,
+                    partial: Some(stats),
+                    full_why: None,
+                });
+            }
+            super::partial::Outcome::Full { why } => full_why = why,
+            super::partial::Outcome::Whole { stream, why } => {
+                full_why = Some(why);
+                whole = Some(stream);
+            }
+        }
+        bar.set_length(layer.size);
+        bar.set_position(0);
+    }
+    let raw: Box<dyn Read + Send> = match whole {
+        Some(stream) => Box::new(stream),
+        None => src.open_raw_blob(&layer.digest, layer.size)?,
+    };
     let raw = Counted {
-        inner: src.open_raw_blob(&layer.digest, layer.size)?,
+        inner: raw,
         bar: bar.clone(),
         total: total.clone(),
     };
@@ -544,7 +643,43 @@ fn import_one(
         splitstream: ss,
         entries: imported.entries,
         imported: true,
+        partial: None,
+        full_why,
     })
+}
+
+/// "fetched X of Y (Z %), reused N files".
+pub fn partial_message(s: &super::partial::PartialStats) -> String {
+    format!(
+        "fetched {} of {} ({:.1} %), reused {} files",
+        indicatif::HumanBytes(s.bytes_fetched),
+        indicatif::HumanBytes(s.blob_bytes),
+        if s.blob_bytes == 0 {
+            0.0
+        } else {
+            100.0 * s.bytes_fetched as f64 / s.blob_bytes as f64
+        },
+        s.files_reused
+    )
+}
+
+/// A partial pull's progress on a layer's bar and the total.
+struct BarProgress {
+    bar: indicatif::ProgressBar,
+    total: indicatif::ProgressBar,
+    layer_size: u64,
+}
+
+impl super::partial::Progress for BarProgress {
+    fn planned(&self, bytes: u64) {
+        self.bar.set_length(bytes);
+        self.bar.set_message("partial");
+        let _ = self.layer_size;
+    }
+    fn fetched(&self, bytes: u64) {
+        self.bar.inc(bytes);
+        self.total.inc(bytes);
+    }
 }
 
 /// After a layer failed to decode: a corrupt blob (wrong digest or size)

@@ -392,6 +392,12 @@ pub fn load_image(
             media_type,
             diff_id: diff_id.clone(),
             compression,
+            annotations: l
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         });
     }
     Ok(ResolvedImage {

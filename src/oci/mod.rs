@@ -14,10 +14,12 @@ pub mod layout;
 pub mod layout_writer;
 pub mod manifest;
 pub mod media;
+pub mod partial;
 pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod source;
+pub mod toc;
 mod verify;
 
 pub use crate::tree::entry::{EntryData, EntryKind, LayerEntry};

@@ -70,4 +70,8 @@ impl ImageSource for RegistrySource {
     fn cheap_to_reread(&self) -> bool {
         false
     }
+
+    fn registry_image(&self) -> Option<&ImageClient> {
+        Some(&self.image)
+    }
 }

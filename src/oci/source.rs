@@ -21,6 +21,8 @@ pub struct LayerDesc {
     /// sha256 of the uncompressed tar, from the config's `rootfs.diff_ids`.
     pub diff_id: String,
     pub compression: Compression,
+    /// The descriptor's annotations (zstd:chunked and eStargz positions and checksums).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The manifest (or index) a reference names.
@@ -63,6 +65,10 @@ pub trait ImageSource: Send + Sync {
     /// blob instead.
     fn open_local_layer(&self, _layer: &LayerDesc) -> Result<Option<LocalLayer>, SourceError> {
         Ok(None)
+    }
+    /// The registry client behind a `docker://` source, for ranged fetches (partial pulls).
+    fn registry_image(&self) -> Option<&crate::registry::ImageClient> {
+        None
     }
 }
 

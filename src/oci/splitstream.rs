@@ -199,11 +199,31 @@ pub trait TarStream: Read {
     /// a regular file: the local file that holds exactly those bytes, if
     /// the stream has one. The stream still yields the bytes.
     fn payload_file(&mut self, size: u64) -> io::Result<Option<LocalFile>>;
+
+    /// Called before [`payload_file`](Self::payload_file): the stored object whose
+    /// contents are exactly the next `size` bytes, if the stream knows one (a partial pull
+    /// rebuilding a layer from objects it already has or just stored). The stream still
+    /// yields the bytes; the importer then neither hashes nor writes them again.
+    fn payload_object(&mut self, _size: u64) -> io::Result<Option<Digest>> {
+        Ok(None)
+    }
 }
 
 impl<T: TarStream + ?Sized> TarStream for Box<T> {
     fn payload_file(&mut self, size: u64) -> io::Result<Option<LocalFile>> {
         (**self).payload_file(size)
+    }
+    fn payload_object(&mut self, size: u64) -> io::Result<Option<Digest>> {
+        (**self).payload_object(size)
+    }
+}
+
+impl<T: TarStream + ?Sized> TarStream for &mut T {
+    fn payload_file(&mut self, size: u64) -> io::Result<Option<LocalFile>> {
+        (**self).payload_file(size)
+    }
+    fn payload_object(&mut self, size: u64) -> io::Result<Option<Digest>> {
+        (**self).payload_object(size)
     }
 }
 
@@ -242,6 +262,8 @@ struct Importer<'a, R> {
     scratch: Vec<u8>,
     /// The entry of each payload, in order (for error messages).
     payload_entries: Vec<EntryName>,
+    /// Where payloads the stream knows as stored objects are reported.
+    known: mpsc::Sender<Outcome>,
 }
 
 impl<R: TarStream> Importer<'_, R> {
@@ -320,6 +342,29 @@ impl<R: TarStream> Input for Importer<'_, R> {
         let index = self.payload_entries.len();
         self.payload_entries.push(entry.clone());
         self.rec.reference(size).map_err(enc_err)?;
+        let io_err = |source| LayerError::Io {
+            entry: entry.clone(),
+            source,
+        };
+        if let Some(d) = self.reader.payload_object(size).map_err(io_err)? {
+            // Read (the stream's checks cover the bytes) but neither hash nor store.
+            let mut left = size;
+            while left > 0 {
+                let want = left.min(self.scratch.len() as u64) as usize;
+                let n = read_full(&mut self.reader, &mut self.scratch[..want]).map_err(io_err)?;
+                self.offset += n as u64;
+                if n < want {
+                    return Err(LayerError::Truncated {
+                        entry: entry.clone(),
+                        offset: self.offset,
+                        what: "file data",
+                    });
+                }
+                left -= n as u64;
+            }
+            let _ = self.known.send((index, Ok((d, Added::Present))));
+            return Ok(None);
+        }
         let local = self
             .reader
             .payload_file(size)
@@ -475,8 +520,10 @@ pub fn import_layer_from(
                 (&jobs_rx, results_tx.clone(), recycle_tx.clone(), &failed);
             s.spawn(move || store_worker(objects, jobs_rx, results_tx, recycle_tx, failed));
         }
+        let known = results_tx.clone();
         drop((results_tx, recycle_tx));
         let mut parser = Parser::new(Importer {
+            known,
             reader,
             offset: 0,
             rec,

@@ -352,15 +352,25 @@ impl ImageClient {
         digest: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<(ureq::http::Response<ureq::Body>, String), RegistryError> {
+        let range = range.map(|(start, end)| match end {
+            Some(e) => format!("bytes={start}-{e}"),
+            None => format!("bytes={start}-"),
+        });
+        self.blob_get_with(digest, range)
+    }
+
+    /// A GET of a blob with an optional `Range` header value, on the first endpoint that
+    /// has it. 200 and 206 are answers; other statuses are errors.
+    pub(super) fn blob_get_with(
+        &self,
+        digest: &str,
+        range: Option<String>,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String), RegistryError> {
         self.each_endpoint(|ep| {
             let what = format!("blob {digest}");
             let mut headers = vec![];
-            if let Some((start, end)) = range {
-                let v = match end {
-                    Some(e) => format!("bytes={start}-{e}"),
-                    None => format!("bytes={start}-"),
-                };
-                headers.push((header::RANGE, v));
+            if let Some(v) = &range {
+                headers.push((header::RANGE, v.clone()));
             }
             let req = Req {
                 method: Method::GET,
@@ -430,7 +440,7 @@ impl ImageClient {
 }
 
 /// The first byte position of a `Content-Range: bytes START-END/TOTAL` header.
-fn content_range_start(v: Option<&str>) -> Option<u64> {
+pub(super) fn content_range_start(v: Option<&str>) -> Option<u64> {
     let v = v?.trim().strip_prefix("bytes")?.trim_start();
     let (start, _) = v.split_once('-')?;
     start.trim().parse().ok()
@@ -438,12 +448,12 @@ fn content_range_start(v: Option<&str>) -> Option<u64> {
 
 /// A blob being read over HTTP, resumed with `Range` when the connection breaks.
 pub struct BlobStream {
-    image: ImageClient,
-    digest: String,
-    size: u64,
-    pos: u64,
-    body: Option<ureq::BodyReader<'static>>,
-    resumes: u32,
+    pub(super) image: ImageClient,
+    pub(super) digest: String,
+    pub(super) size: u64,
+    pub(super) pos: u64,
+    pub(super) body: Option<ureq::BodyReader<'static>>,
+    pub(super) resumes: u32,
 }
 
 impl BlobStream {

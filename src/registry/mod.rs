@@ -17,10 +17,12 @@ pub mod error;
 mod files;
 pub mod http;
 pub mod push;
+pub mod ranges;
 pub mod reference;
 pub mod tls;
 
 pub use client::{BlobStream, Client, FetchedManifest, ImageClient};
 pub use error::RegistryError;
 pub use http::{ClientOptions, Event, EventSink, StatsSnapshot};
+pub use ranges::RangesAnswer;
 pub use reference::Reference;

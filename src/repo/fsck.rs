@@ -52,6 +52,14 @@ pub enum Problem {
         image: String,
         error: String,
     },
+    /// A content-index entry whose object is missing (or whose name is not a sha256).
+    DanglingIndexEntry {
+        path: PathBuf,
+    },
+    /// A content-index entry whose object's contents have another sha256.
+    WrongIndexEntry {
+        path: PathBuf,
+    },
     /// Objects could not be read.
     Unreadable {
         path: PathBuf,
@@ -84,6 +92,14 @@ impl std::fmt::Display for Problem {
             Problem::BadDeployment { path, why } => {
                 write!(f, "deployment record {}: {why}", path.display())
             }
+            Problem::DanglingIndexEntry { path } => {
+                write!(f, "{}: content-index entry names no object", path.display())
+            }
+            Problem::WrongIndexEntry { path } => write!(
+                f,
+                "{}: content-index entry names an object with other contents",
+                path.display()
+            ),
             Problem::Unreadable { path, error } => {
                 write!(f, "cannot read {}: {error}", path.display())
             }
@@ -96,6 +112,7 @@ impl std::fmt::Display for Problem {
 pub struct FsckReport {
     pub objects_checked: u64,
     pub images_checked: u64,
+    pub index_entries_checked: u64,
     pub problems: Vec<Problem>,
     /// With --repair: objects removed, and images that are now incomplete.
     pub removed: Vec<PathBuf>,
@@ -231,6 +248,30 @@ impl Repository {
                 report.problems.push(Problem::BadDeployment { path, why });
             }
         }
+        // The content index: every entry's object exists and hashes to the entry's name.
+        let index = self.content_index();
+        let mut index_bad: Vec<Problem> = index
+            .entries()
+            .par_iter()
+            .filter_map(|(sha, path)| match index.check(sha.as_ref(), path) {
+                super::index::EntryState::Good => None,
+                super::index::EntryState::Dangling(path) => {
+                    Some(Problem::DanglingIndexEntry { path })
+                }
+                super::index::EntryState::Wrong(path) => Some(Problem::WrongIndexEntry { path }),
+            })
+            .collect();
+        report.index_entries_checked = index.entries().len() as u64;
+        if repair {
+            for p in &index_bad {
+                if let Problem::DanglingIndexEntry { path } | Problem::WrongIndexEntry { path } = p
+                {
+                    super::index::remove_entry(path)?;
+                    report.removed.push(path.clone());
+                }
+            }
+        }
+        report.problems.append(&mut index_bad);
         if repair {
             for rel in &corrupt {
                 let p = objects.join(rel);

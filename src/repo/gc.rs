@@ -25,6 +25,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub objects_kept: u64,
     pub refs_removed: u64,
+    /// Content-index entries whose object was removed.
+    pub index_entries_removed: u64,
     /// Images kept only because they are mounted or booted.
     pub images_in_use: u64,
     /// Images kept only because a deployment record names them.
@@ -150,6 +152,8 @@ impl Repository {
         }
         if !dry_run {
             self.objects.sync()?;
+            // Content-index entries of the objects just removed.
+            report.index_entries_removed = self.content_index().prune_dangling()?;
         }
         report.images_removed.sort();
         Ok(report)

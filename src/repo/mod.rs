@@ -17,6 +17,7 @@
 pub mod deployments;
 pub mod fsck;
 pub mod gc;
+pub mod index;
 pub mod mounts;
 pub mod objects;
 
