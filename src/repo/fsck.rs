@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::index::Sha256Sum;
 use super::{image_redirects, ioe, RepoError, Repository};
 use crate::fsverity::{self, Digest};
 
@@ -248,28 +249,31 @@ impl Repository {
                 report.problems.push(Problem::BadDeployment { path, why });
             }
         }
-        // The content index: every entry's object exists and hashes to the entry's name.
+        // The content index: every record's object exists and hashes to its sha256.
         let index = self.content_index();
-        let mut index_bad: Vec<Problem> = index
-            .entries()
+        let records = index.entries();
+        let mut index_bad: Vec<Problem> = records
             .par_iter()
-            .filter_map(|(sha, path)| match index.check(sha.as_ref(), path) {
+            .filter_map(|(b, i, sha, d)| match index.check(sha, d) {
                 super::index::EntryState::Good => None,
-                super::index::EntryState::Dangling(path) => {
-                    Some(Problem::DanglingIndexEntry { path })
-                }
-                super::index::EntryState::Wrong(path) => Some(Problem::WrongIndexEntry { path }),
+                super::index::EntryState::Dangling(_) => Some(Problem::DanglingIndexEntry {
+                    path: index.describe(*b, *i),
+                }),
+                super::index::EntryState::Wrong(_) => Some(Problem::WrongIndexEntry {
+                    path: index.describe(*b, *i),
+                }),
             })
             .collect();
-        report.index_entries_checked = index.entries().len() as u64;
-        if repair {
-            for p in &index_bad {
-                if let Problem::DanglingIndexEntry { path } | Problem::WrongIndexEntry { path } = p
-                {
-                    super::index::remove_entry(path)?;
-                    report.removed.push(path.clone());
-                }
-            }
+        report.index_entries_checked = records.len() as u64;
+        if repair && !index_bad.is_empty() {
+            let bad: std::collections::HashSet<(Sha256Sum, Digest)> = records
+                .iter()
+                .filter(|(_, _, sha, d)| {
+                    !matches!(index.check(sha, d), super::index::EntryState::Good)
+                })
+                .map(|(_, _, s, d)| (*s, *d))
+                .collect();
+            index.retain(|s, d| !bad.contains(&(*s, *d)))?;
         }
         report.problems.append(&mut index_bad);
         if repair {

@@ -2,13 +2,18 @@
 //!
 //! Objects are named by their fs-verity digest, but the tables of contents of zstd:chunked
 //! and eStargz layers name files by the plain sha256 of their contents. The index maps one
-//! to the other:
+//! to the other, in 256 append-only bucket files:
 //!
 //! ```text
-//! REPO/index/sha256/XX/<62 hex>   symlink → ../../../objects/YY/<rest>
+//! REPO/index/sha256/XX   records of 32 + D bytes: sha256 of the contents, then the
+//!                        object's fs-verity digest (D = 32 or 64, the repository's
+//!                        algorithm); XX = the first byte of the sha256, in hex
 //! ```
 //!
-//! **It is a cache, filled lazily and verified.** An entry is only ever written from bytes
+//! (Files, not one symlink per entry: tens of thousands of inodes cost more to create than
+//! the pull they speed up.)
+//!
+//! **It is a cache, filled lazily and verified.** A record is only ever written from bytes
 //! this process hashed itself (a file fetched and checked against its TOC digest, or an
 //! object hashed while looking for a content), so a registry cannot poison it. A full pull
 //! costs nothing extra: when a partial pull looks for contents the index does not know,
@@ -17,13 +22,15 @@
 //! every way objects arrive (full pulls, partial pulls, containers-storage, `create-image`)
 //! without any of them doing work up front.
 //!
-//! **Crash and concurrency rules.** An entry is written with one atomic rename of a symlink
-//! made in `tmp/`; two writers of the same entry write the same (or an equally valid)
-//! target. A reader trusts an entry only if its object exists with the expected size; the
-//! pull that uses it verifies the re-serialised layer against its diff_id anyway, so a torn
-//! object after a power loss can fail a pull, never produce a wrong image. `gc` (under the
-//! exclusive lock) removes entries whose object it deleted; `fsck` re-hashes every entry's
-//! object and `fsck --repair` deletes wrong or dangling entries.
+//! **Crash and concurrency rules.** Appends take the bucket's `flock` and write whole
+//! records with one `write` (O_APPEND); a record torn by a power loss is a partial record
+//! at the end of the file, which readers ignore and the next append cuts off. A reader
+//! trusts a record only if its object exists with the expected size; the pull that uses it
+//! verifies the re-serialised layer against its diff_id anyway, so a torn object after a
+//! power loss can fail a pull, never produce a wrong image. `gc` (under the exclusive
+//! repository lock) rewrites the buckets without the records of objects it deleted;
+//! `fsck` re-hashes every record's object and `fsck --repair` rewrites the buckets without
+//! wrong or dangling records.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -33,7 +40,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use super::{ioe, symlink_atomic, RepoError, Repository};
+use super::{ioe, RepoError, Repository};
 use crate::fsverity::Digest;
 
 /// A sha256 of file contents.
@@ -71,10 +78,6 @@ impl Repository {
     }
 }
 
-fn hex32(s: &Sha256Sum) -> String {
-    hex::encode(s)
-}
-
 /// sha256 of a file's contents.
 pub fn sha256_file(path: &Path) -> io::Result<(Sha256Sum, u64)> {
     let mut f = fs::File::open(path)?;
@@ -97,32 +100,84 @@ impl ContentIndex<'_> {
         self.repo.root.join("index").join("sha256")
     }
 
-    fn entry_path(&self, sha: &Sha256Sum) -> PathBuf {
-        let h = hex32(sha);
-        self.dir().join(&h[..2]).join(&h[2..])
+    fn bucket(&self, b: u8) -> PathBuf {
+        self.dir().join(format!("{b:02x}"))
+    }
+
+    fn record_size(&self) -> usize {
+        32 + self.repo.algorithm().digest_size()
+    }
+
+    /// The whole records of one bucket, in file order.
+    fn read_bucket(&self, b: u8) -> Vec<(Sha256Sum, Digest)> {
+        let Ok(data) = fs::read(self.bucket(b)) else {
+            return Vec::new();
+        };
+        let alg = self.repo.algorithm();
+        data.chunks_exact(self.record_size())
+            .filter_map(|r| {
+                let sha: Sha256Sum = r[..32].try_into().ok()?;
+                let d = Digest::from_bytes(alg, &r[32..]).ok()?;
+                (sha[0] == b).then_some((sha, d))
+            })
+            .collect()
+    }
+
+    /// Whether object `d` exists with `size` bytes.
+    fn present(&self, d: &Digest, size: u64) -> bool {
+        fs::metadata(self.repo.objects.object_path(d)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// The object holding contents `sha` of `size` bytes, if the index knows one that
     /// exists with that size.
     pub fn lookup(&self, sha: &Sha256Sum, size: u64) -> Option<Digest> {
-        let t = fs::read_link(self.entry_path(sha)).ok()?;
-        let d = Digest::from_object_path(t.to_str()?.trim_start_matches("../../../objects/"))
-            .ok()
-            .filter(|d| d.algorithm() == self.repo.algorithm())?;
-        let m = fs::metadata(self.repo.objects.object_path(&d)).ok()?;
-        (m.is_file() && m.len() == size).then_some(d)
+        self.read_bucket(sha[0])
+            .into_iter()
+            .rev()
+            .find(|(s, d)| s == sha && self.present(d, size))
+            .map(|(_, d)| d)
     }
 
     /// Records that object `obj` holds contents `sha`. The caller hashed the bytes itself.
     pub fn insert(&self, sha: &Sha256Sum, obj: &Digest) -> Result<(), RepoError> {
-        let p = self.entry_path(sha);
-        let dir = p.parent().expect("entry has a parent");
-        fs::create_dir_all(dir).map_err(|e| ioe(dir, "cannot create directory", e))?;
-        symlink_atomic(
-            &format!("../../../objects/{}", obj.object_path()),
-            &p,
-            &self.repo.root.join("tmp"),
-        )
+        self.insert_many(&[(*sha, *obj)])
+    }
+
+    /// [`insert`](Self::insert) for many records: one locked append per bucket.
+    pub fn insert_many(&self, records: &[(Sha256Sum, Digest)]) -> Result<(), RepoError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut by_bucket: HashMap<u8, Vec<u8>> = HashMap::new();
+        for (sha, d) in records {
+            let v = by_bucket.entry(sha[0]).or_default();
+            v.extend_from_slice(sha);
+            v.extend_from_slice(d.as_bytes());
+        }
+        if by_bucket.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir();
+        fs::create_dir_all(&dir).map_err(|e| ioe(&dir, "cannot create directory", e))?;
+        let rec = self.record_size() as u64;
+        for (b, bytes) in by_bucket {
+            let p = self.bucket(b);
+            let res = (|| -> io::Result<()> {
+                let mut f = fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o644)
+                    .open(&p)?;
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+                // A record torn by a power loss: cut it off so that records stay aligned.
+                let len = f.metadata()?.len();
+                if len % rec != 0 {
+                    f.set_len(len - len % rec)?;
+                }
+                f.write_all(&bytes)
+            })();
+            res.map_err(|e| ioe(&p, "cannot append to the content index", e))?;
+        }
+        Ok(())
     }
 
     /// Finds objects for the wanted `(sha256, size)` contents: from the index first, then
@@ -131,14 +186,28 @@ impl ContentIndex<'_> {
     /// content).
     pub fn find(&self, wanted: &[(Sha256Sum, u64)]) -> Result<Found, RepoError> {
         let mut found = Found::default();
+        let buckets: HashSet<u8> = wanted.iter().map(|(s, _)| s[0]).collect();
+        let known: HashMap<Sha256Sum, Vec<Digest>> = buckets
+            .par_iter()
+            .map(|b| self.read_bucket(*b))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
+            .fold(HashMap::new(), |mut m, (s, d)| {
+                m.entry(s).or_insert_with(Vec::new).push(d);
+                m
+            });
         let mut missing: HashMap<u64, HashSet<Sha256Sum>> = HashMap::new();
         for (sha, size) in wanted {
             if found.objects.contains_key(sha) {
                 continue;
             }
-            match self.lookup(sha, *size) {
+            let hit = known
+                .get(sha)
+                .and_then(|ds| ds.iter().rev().find(|d| self.present(d, *size)));
+            match hit {
                 Some(d) => {
-                    found.objects.insert(*sha, d);
+                    found.objects.insert(*sha, *d);
                 }
                 None => {
                     missing.entry(*size).or_default().insert(*sha);
@@ -148,7 +217,12 @@ impl ContentIndex<'_> {
         if missing.is_empty() {
             return Ok(found);
         }
-        let candidates = self.objects_of_sizes(&missing)?;
+        let indexed: HashSet<Digest> = known.values().flatten().copied().collect();
+        let candidates: Vec<(Digest, u64)> = self
+            .objects_of_sizes(&missing)?
+            .into_iter()
+            .filter(|(d, _)| !indexed.contains(d))
+            .collect();
         type Hashed = (Digest, u64, io::Result<(Sha256Sum, u64)>);
         let hashed: Vec<Hashed> = candidates
             .par_iter()
@@ -157,6 +231,7 @@ impl ContentIndex<'_> {
                 (*d, *size, sha256_file(&p))
             })
             .collect();
+        let mut new_records = Vec::new();
         for (d, size, r) in hashed {
             // An object that vanished or cannot be read is simply not a candidate.
             let Ok((sha, n)) = r else { continue };
@@ -165,11 +240,12 @@ impl ContentIndex<'_> {
             }
             found.hashed += 1;
             found.hashed_bytes += n;
-            self.insert(&sha, &d)?;
+            new_records.push((sha, d));
             if missing.get(&size).is_some_and(|s| s.contains(&sha)) {
                 found.objects.insert(sha, d);
             }
         }
+        self.insert_many(&new_records)?;
         Ok(found)
     }
 
@@ -216,64 +292,75 @@ impl ContentIndex<'_> {
         Ok(out)
     }
 
-    /// Every entry: its sha256 (None when the name is not one) and path.
-    pub fn entries(&self) -> Vec<(Option<Sha256Sum>, PathBuf)> {
-        let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.dir()) else {
-            return out;
-        };
-        for sub in rd.flatten() {
-            let prefix = sub.file_name().to_string_lossy().into_owned();
-            let Ok(rd2) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for e in rd2.flatten() {
-                let name = format!("{prefix}{}", e.file_name().to_string_lossy());
-                let sha = hex::decode(&name)
-                    .ok()
-                    .and_then(|b| <Sha256Sum>::try_from(b.as_slice()).ok());
-                out.push((sha, e.path()));
-            }
-        }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
-        out
+    /// Every record: bucket, position, sha256 and object.
+    pub fn entries(&self) -> Vec<(u8, usize, Sha256Sum, Digest)> {
+        (0..=255u8)
+            .flat_map(|b| {
+                self.read_bucket(b)
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, (s, d))| (b, i, s, d))
+            })
+            .collect()
     }
 
-    /// The object an entry names, if it names one that exists.
-    fn target(&self, path: &Path) -> Option<Digest> {
-        let t = fs::read_link(path).ok()?;
-        let d = Digest::from_object_path(t.to_str()?.trim_start_matches("../../../objects/"))
-            .ok()
-            .filter(|d| d.algorithm() == self.repo.algorithm())?;
-        self.repo.objects.contains(&d).then_some(d)
+    /// Where a record is, for messages.
+    pub fn describe(&self, bucket: u8, pos: usize) -> PathBuf {
+        self.bucket(bucket).join(format!("#{pos}"))
     }
 
-    /// Checks one entry by hashing its object.
-    pub fn check(&self, sha: Option<&Sha256Sum>, path: &Path) -> EntryState {
-        let (Some(sha), Some(d)) = (sha, self.target(path)) else {
-            return EntryState::Dangling(path.to_path_buf());
-        };
-        match sha256_file(&self.repo.objects.object_path(&d)) {
+    /// Checks one record by hashing its object.
+    pub fn check(&self, sha: &Sha256Sum, d: &Digest) -> EntryState {
+        let p = self.repo.objects.object_path(d);
+        match sha256_file(&p) {
             Ok((got, _)) if &got == sha => EntryState::Good,
-            Ok(_) => EntryState::Wrong(path.to_path_buf()),
-            Err(_) => EntryState::Dangling(path.to_path_buf()),
+            Ok(_) => EntryState::Wrong(p),
+            Err(_) => EntryState::Dangling(p),
         }
     }
 
-    /// Removes entries whose object is gone (cheap: no hashing). Returns how many.
-    pub fn prune_dangling(&self) -> Result<u64, RepoError> {
-        let mut n = 0;
-        for (sha, path) in self.entries() {
-            if sha.is_none() || self.target(&path).is_none() {
-                remove_entry(&path)?;
-                n += 1;
+    /// Rewrites every bucket keeping the records `keep` accepts (once each). Callers hold
+    /// the exclusive repository lock. Returns how many records were dropped.
+    pub fn retain(&self, keep: impl Fn(&Sha256Sum, &Digest) -> bool) -> Result<u64, RepoError> {
+        let mut dropped = 0;
+        let tmp = self.repo.root.join("tmp");
+        for b in 0..=255u8 {
+            let p = self.bucket(b);
+            if !p.exists() {
+                continue;
+            }
+            let records = self.read_bucket(b);
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for (s, d) in &records {
+                if seen.insert((*s, *d)) && keep(s, d) {
+                    out.extend_from_slice(s);
+                    out.extend_from_slice(d.as_bytes());
+                }
+            }
+            let kept = out.len() / self.record_size();
+            if kept == records.len()
+                && fs::metadata(&p).is_ok_and(|m| m.len() as usize == out.len())
+            {
+                continue;
+            }
+            dropped += (records.len() - kept) as u64;
+            if out.is_empty() {
+                remove_entry(&p)?;
+            } else {
+                super::write_atomic(&p, &out, &tmp)?;
             }
         }
-        Ok(n)
+        Ok(dropped)
+    }
+
+    /// Drops records whose object is gone (cheap: no hashing). Returns how many.
+    pub fn prune_dangling(&self) -> Result<u64, RepoError> {
+        self.retain(|_, d| self.repo.objects.contains(d))
     }
 }
 
-/// Deletes one index entry.
+/// Deletes one index file.
 pub fn remove_entry(path: &Path) -> Result<(), RepoError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),

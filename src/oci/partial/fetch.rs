@@ -141,11 +141,39 @@ struct Range {
     items: Vec<(Item, u64, u64)>,
 }
 
+/// Ranges one layer's fetch is coalesced into, at most: registries pay per range (a
+/// seek and a part's headers), so past this the smallest gaps between ranges are bridged,
+/// which keeps the extra bytes as few as the cap allows.
+pub const MAX_RANGES: usize = 4096;
+
 fn coalesce(items: &[(Item, u64, u64)]) -> Vec<Range> {
+    let max_ranges = MAX_RANGES;
+    // The gaps between consecutive items; bridge those up to BRIDGE, then the smallest
+    // ones until at most `max_ranges` ranges remain.
+    let gaps: Vec<u64> = items
+        .windows(2)
+        .map(|w| w[1].1.saturating_sub(w[0].2))
+        .collect();
+    let mut bridged = vec![false; gaps.len()];
+    let mut open: Vec<usize> = Vec::new();
+    for (i, g) in gaps.iter().enumerate() {
+        if *g <= BRIDGE {
+            bridged[i] = true;
+        } else {
+            open.push(i);
+        }
+    }
+    if open.len() + 1 > max_ranges {
+        open.sort_by_key(|&i| gaps[i]);
+        let excess = open.len() + 1 - max_ranges;
+        for &i in &open[..excess] {
+            bridged[i] = true;
+        }
+    }
     let mut out: Vec<Range> = Vec::new();
-    for &(it, s, e) in items {
+    for (k, &(it, s, e)) in items.iter().enumerate() {
         match out.last_mut() {
-            Some(r) if s >= r.end && s - r.end <= BRIDGE => {
+            Some(r) if k > 0 && bridged[k - 1] => {
                 r.end = e;
                 r.items.push((it, s, e));
             }
@@ -385,6 +413,63 @@ pub fn fetch_plan(
     let queue = Mutex::new(requests(coalesce(&plan.items), max));
     let whole: Mutex<Option<Box<BlobStream>>> = Mutex::new(None);
     let n_requests = std::sync::atomic::AtomicU64::new(0);
+    // One request: true when the queue should be worked on (more requests may follow).
+    let one = || -> bool {
+        if run.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(req) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            return false;
+        };
+        let wanted: Vec<(u64, u64)> = req.iter().map(|r| (r.start, r.end)).collect();
+        n_requests.fetch_add(1, Ordering::Relaxed);
+        let mut sink = |start: u64, len: u64, r: &mut dyn Read| run.part(&req, start, len, r);
+        match image.get_blob_ranges(&layer.digest, layer.size, &wanted, &mut sink) {
+            Ok(RangesAnswer::Parts) => {
+                let _ = shared.max_ranges.compare_exchange(
+                    0,
+                    RANGES_PER_REQUEST,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(RangesAnswer::Whole(stream)) => {
+                let mut w = whole.lock().unwrap_or_else(|p| p.into_inner());
+                if w.is_none() {
+                    *w = Some(stream);
+                }
+                run.stop.store(true, Ordering::Relaxed);
+            }
+            Ok(RangesAnswer::Refused { .. }) if req.len() > 1 => {
+                // Fewer ranges per request from now on, for every request still to make
+                // and every layer of the pull.
+                let half = (req.len() / 2).max(1);
+                shared.max_ranges.store(half, Ordering::Relaxed);
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut all: Vec<Range> = req;
+                all.extend(q.drain(..).flatten());
+                all.sort_by_key(|r| r.start);
+                *q = requests(all, half);
+            }
+            Ok(RangesAnswer::Refused { status }) => {
+                let _ = run.fail(PartialError::Registry(
+                    crate::registry::RegistryError::Protocol {
+                        registry: image.endpoint().host.clone(),
+                        what: format!("blob {}", layer.digest),
+                        why: format!("refused a single range request ({status})"),
+                    },
+                ));
+            }
+            Err(e) => {
+                // The sink's typed error, if it set one, wins.
+                let _ = run.fail(PartialError::Registry(e));
+            }
+        }
+        true
+    };
+    // Until the registry's way with multi-range requests is known, ask once and wait:
+    // parallel requests answered with whole blobs would fetch the blob several times.
+    while shared.max_ranges.load(Ordering::Relaxed) == 0 && one() {}
     let threads = queue
         .lock()
         .map(|q| q.len())
@@ -392,48 +477,7 @@ pub fn fetch_plan(
         .clamp(1, PARALLEL_REQUESTS);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                if run.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some(req) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
-                    return;
-                };
-                let wanted: Vec<(u64, u64)> = req.iter().map(|r| (r.start, r.end)).collect();
-                n_requests.fetch_add(1, Ordering::Relaxed);
-                let mut sink =
-                    |start: u64, len: u64, r: &mut dyn Read| run.part(&req, start, len, r);
-                match image.get_blob_ranges(&layer.digest, layer.size, &wanted, &mut sink) {
-                    Ok(RangesAnswer::Parts) => {}
-                    Ok(RangesAnswer::Whole(stream)) => {
-                        *whole.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
-                        run.stop.store(true, Ordering::Relaxed);
-                    }
-                    Ok(RangesAnswer::Refused { .. }) if req.len() > 1 => {
-                        // Fewer ranges per request from now on, for every layer.
-                        let half = req.len() / 2;
-                        shared.max_ranges.store(half.max(1), Ordering::Relaxed);
-                        let mut req = req;
-                        let second = req.split_off(half);
-                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-                        q.push_front(second);
-                        q.push_front(req);
-                    }
-                    Ok(RangesAnswer::Refused { status }) => {
-                        let _ = run.fail(PartialError::Registry(
-                            crate::registry::RegistryError::Protocol {
-                                registry: image.endpoint().host.clone(),
-                                what: format!("blob {}", layer.digest),
-                                why: format!("refused a single range request ({status})"),
-                            },
-                        ));
-                    }
-                    Err(e) => {
-                        // The sink's typed error, if it set one, wins.
-                        let _ = run.fail(PartialError::Registry(e));
-                    }
-                }
-            });
+            s.spawn(|| while one() {});
         }
     });
     stats.requests += n_requests.load(Ordering::Relaxed);

@@ -238,6 +238,17 @@ pub fn pull_layer(
     shared: &Shared,
     progress: &dyn Progress,
 ) -> Result<Outcome, PartialError> {
+    let t0 = std::time::Instant::now();
+    let trace = std::env::var_os("STRATA_TRACE").is_some();
+    let stage = |what: &str| {
+        if trace {
+            eprintln!(
+                "strata: trace: layer {}: {:>8.3} s {what}",
+                &layer.digest[..19.min(layer.digest.len())],
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    };
     let toc_err = |source| PartialError::Toc {
         layer: layer.digest.clone(),
         source,
@@ -285,8 +296,10 @@ pub fn pull_layer(
         }
         _ => None,
     };
+    stage("TOC fetched and parsed");
     // 2. Plan.
     let plan = plan::make(repo, &toc, shared)?;
+    stage("planned");
     let planned = plan.fetch_bytes() + stats.toc_bytes + stats.tar_split_bytes;
     if planned as f64 > FULL_PULL_SHARE * layer.size as f64 {
         return Ok(Outcome::Full {
@@ -312,6 +325,7 @@ pub fn pull_layer(
     let fetch::Fetched::Done { contents, gaps } = fetched else {
         unreachable!("matched above")
     };
+    stage("fetched");
     // Contents other layers of this pull were fetching.
     let Some(contents) = plan::settle(repo, &toc, plan, contents, shared) else {
         return Ok(Outcome::Full {
@@ -350,6 +364,7 @@ pub fn pull_layer(
         layer: layer.digest.clone(),
         why: e.to_string(),
     })?;
+    stage("rebuilt");
     let got = stream.finish().map_err(|why| PartialError::Rebuild {
         layer: layer.digest.clone(),
         why,

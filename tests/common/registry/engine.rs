@@ -48,6 +48,17 @@ pub enum FaultKind {
     RedirectTo(String),
     /// Sleep this many milliseconds before handling the request.
     Delay(u64),
+    /// Only for requests with a `Range` header naming this offset of the blob: forward,
+    /// but XOR 0xff into the byte at this offset wherever the answer carries it (a `200`
+    /// body, a single `206` part, or a part of a `multipart/byteranges` answer). The
+    /// answer is buffered whole before it is sent.
+    FlipByteRanged(u64),
+    /// Like [`FlipByteRanged`](Self::FlipByteRanged), but overwrites the blob bytes at
+    /// `offset..offset + bytes.len()` with `bytes` (requests naming `offset`).
+    ReplaceRanged(u64, Vec<u8>),
+    /// Answer this status (e.g. 400, 416) to requests asking for several ranges; others
+    /// are forwarded.
+    MultiRangeStatus(u16),
 }
 
 impl FaultKind {
@@ -60,6 +71,9 @@ impl FaultKind {
             FaultKind::RefuseMultiRange => "RefuseMultiRange".into(),
             FaultKind::RedirectTo(h) => format!("RedirectTo({h})"),
             FaultKind::Delay(ms) => format!("Delay({ms})"),
+            FaultKind::FlipByteRanged(o) => format!("FlipByteRanged({o})"),
+            FaultKind::ReplaceRanged(o, b) => format!("ReplaceRanged({o}, {} bytes)", b.len()),
+            FaultKind::MultiRangeStatus(s) => format!("MultiRangeStatus({s})"),
         }
     }
 }
@@ -103,6 +117,9 @@ impl Fault {
         }
         match &self.kind {
             FaultKind::RefuseMultiRange => range.is_some_and(|r| r.contains(',')),
+            FaultKind::MultiRangeStatus(_) => range.is_some_and(|r| r.contains(',')),
+            FaultKind::FlipByteRanged(off) => range_covers(range, *off),
+            FaultKind::ReplaceRanged(off, _) => range_covers(range, *off),
             FaultKind::FlipByte(off) => match range_start(range) {
                 Some((start, end)) => *off >= start && end.is_none_or(|e| *off <= e),
                 None => true,
@@ -415,6 +432,8 @@ impl Shared {
         }
         let mut cut = None;
         let mut flip = None;
+        let mut flip_ranged = None;
+        let mut replace_ranged = None;
         for f in &faults {
             if let FaultKind::Delay(ms) = f {
                 thread::sleep(Duration::from_millis(*ms));
@@ -445,6 +464,12 @@ impl Shared {
                 FaultKind::CutAfter(n) => cut = Some(*n),
                 FaultKind::FlipByte(o) => flip = Some(*o),
                 FaultKind::Delay(_) => {}
+                FaultKind::FlipByteRanged(o) => flip_ranged = Some(*o),
+                FaultKind::ReplaceRanged(o, b) => replace_ranged = Some((*o, b.clone())),
+                FaultKind::MultiRangeStatus(code) => {
+                    let body = b"injected: multi-range requests are not supported\n";
+                    return answer(rd, wr, *code, &[], body);
+                }
             }
         }
 
@@ -544,6 +569,27 @@ impl Shared {
             0
         };
         self.update(idx, |r| r.status = status);
+        if flip_ranged.is_some() || replace_ranged.is_some() {
+            // Buffer the whole answer, change the bytes where they are, send it as one body.
+            let mut body = Vec::new();
+            read_body(&mut urd, framing, &mut |d| {
+                body.extend_from_slice(d);
+                Ok(true)
+            })?;
+            if let Some(off) = flip_ranged {
+                flip_in_answer(&resp, status, &mut body, off);
+            }
+            if let Some((off, data)) = &replace_ranged {
+                replace_in_answer(&resp, status, &mut body, *off, data);
+            }
+            resp.remove("transfer-encoding");
+            resp.set("Content-Length", &body.len().to_string());
+            wr.write_all(&resp.to_bytes())?;
+            wr.write_all(&body)?;
+            self.update(idx, |r| r.body_bytes += body.len() as u64);
+            wr.flush()?;
+            return Ok(!close_after);
+        }
         wr.write_all(&resp.to_bytes())?;
         let chunked_resp = framing == Framing::Chunked;
         let mut pos: u64 = 0;
@@ -583,5 +629,102 @@ impl Shared {
         }
         wr.flush()?;
         Ok(!close_after)
+    }
+}
+
+/// Whether a `Range` header (`bytes=a-b,c-,…`) names blob offset `off`.
+pub(crate) fn range_covers(range: Option<&str>, off: u64) -> bool {
+    let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return false;
+    };
+    spec.split(',').any(|part| {
+        let Some((a, b)) = part.trim().split_once('-') else {
+            return false;
+        };
+        let Ok(a) = a.trim().parse::<u64>() else {
+            return false;
+        };
+        let b = b.trim();
+        off >= a && (b.is_empty() || b.parse::<u64>().is_ok_and(|b| off <= b))
+    })
+}
+
+/// Where an answer's body carries blob bytes: `(blob offset, body offset, length)` for a
+/// `200` body, a `206` single part (`Content-Range`) or each `multipart/byteranges` part.
+pub(crate) fn answer_segments(resp: &Head, status: u16, body: &[u8]) -> Vec<(u64, u64, u64)> {
+    let parse_cr = |v: &str| -> Option<(u64, u64)> {
+        let v = v.trim().strip_prefix("bytes ")?;
+        let (r, _) = v.split_once('/')?;
+        let (a, b) = r.split_once('-')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    };
+    match status {
+        200 => return vec![(0, 0, body.len() as u64)],
+        206 => {}
+        _ => return Vec::new(),
+    }
+    let multipart = resp
+        .get("content-type")
+        .is_some_and(|t| t.to_ascii_lowercase().contains("multipart/byteranges"));
+    if !multipart {
+        return resp
+            .get("content-range")
+            .and_then(parse_cr)
+            .map(|(a, b)| vec![(a, 0, b - a + 1)])
+            .unwrap_or_default();
+    }
+    // Each part's Content-Range header, then the blank line ending its headers.
+    let lower = body.to_ascii_lowercase();
+    let needle = b"content-range:";
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let Some(p) = lower[i..].windows(needle.len()).position(|w| w == needle) else {
+            break;
+        };
+        let h = i + p + needle.len();
+        let eol = lower[h..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(body.len(), |e| h + e);
+        let value = String::from_utf8_lossy(&body[h..eol]).into_owned();
+        let Some(end_of_headers) = lower[h..].windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        let data = h + end_of_headers + 4;
+        match parse_cr(&value) {
+            Some((a, b)) => {
+                out.push((a, data as u64, b - a + 1));
+                i = data + (b - a + 1) as usize;
+            }
+            None => i = data,
+        }
+    }
+    out
+}
+
+/// XORs 0xff into the byte at blob offset `off` wherever an answer's body carries it.
+pub(crate) fn flip_in_answer(resp: &Head, status: u16, body: &mut [u8], off: u64) {
+    for (blob, at, len) in answer_segments(resp, status, body) {
+        if (blob..blob + len).contains(&off) {
+            if let Some(b) = body.get_mut((at + off - blob) as usize) {
+                *b ^= 0xff;
+            }
+        }
+    }
+}
+
+/// Overwrites the blob bytes at `off..off + data.len()` wherever an answer's body
+/// carries them.
+pub(crate) fn replace_in_answer(resp: &Head, status: u16, body: &mut [u8], off: u64, data: &[u8]) {
+    for (blob, at, len) in answer_segments(resp, status, body) {
+        for (k, &d) in data.iter().enumerate() {
+            let o = off + k as u64;
+            if (blob..blob + len).contains(&o) {
+                if let Some(b) = body.get_mut((at + o - blob) as usize) {
+                    *b = d;
+                }
+            }
+        }
     }
 }

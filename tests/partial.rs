@@ -1,0 +1,926 @@
+//! Partial pulls of zstd:chunked layers (issue #11) against a real registry
+//! (`docker-registry` on 127.0.0.1) with skopeo-pushed images, through the fault proxy
+//! that counts every byte and injects the answers registries give to range requests.
+//!
+//! The oracles: the layout's own tars (`layer cat` must give them byte for byte), the
+//! image id of `pull --full` of the same image into a fresh repository (and of
+//! `pull oci:` of the layout), and the blob's TOC as skopeo wrote it, parsed here: it says
+//! which byte ranges hold each file, so the bytes a partial pull may fetch are computed
+//! independently of strata (TOC + the frames between files + the missing files' frames).
+//!
+//! The images: `a` has a base layer of 300 pseudo-random files of 1-64 KiB (plus a few
+//! files of at most 64 bytes and an empty one) and a second layer of 40 more files and one
+//! overwritten file; `s` is `a` squashed into one layer; `b` is `a`'s base layer rebuilt:
+//! every mtime a day later and one file's contents changed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::registry::{
+    curl, pseudo_random, sha256_digest, skopeo_copy, Fault, FaultKind, FaultProxy, Registry,
+};
+use common::sandbox::Sandbox as Env;
+use serde_json::Value;
+
+/// Missing tools make these tests skip, saying so (tools/setup installs them).
+fn skip() -> bool {
+    for tool in ["docker-registry", "skopeo", "curl"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
+            return true;
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------
+// Test images
+// ---------------------------------------------------------------------------
+
+/// Regular files of a layer: path → contents.
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// The file `b` changes.
+const CHANGED: &str = "d03/f0103.bin";
+/// The file layer 2 of `a` overwrites.
+const OVERWRITTEN: &str = "d00/f0000.bin";
+const MTIME: u64 = 1_700_000_000;
+
+/// 300 pseudo-random files of 1-64 KiB in ten directories, four of at most 64 bytes and
+/// an empty one.
+fn base_files(salt: &str) -> Files {
+    let mut f = Files::new();
+    for i in 0..300u32 {
+        let path = format!("d{:02}/f{i:04}.bin", i % 10);
+        let seed = format!("{salt}/{path}");
+        let h = sha2::Sha256::digest(seed.as_bytes());
+        let size = 1024 + (u32::from_le_bytes(h[..4].try_into().unwrap()) % (63 * 1024)) as usize;
+        f.insert(path, pseudo_random(&seed, size));
+    }
+    for i in 0..4 {
+        f.insert(
+            format!("etc/small-{i}.txt"),
+            format!("small file {i} of {salt}\n").into_bytes(),
+        );
+    }
+    f.insert("etc/empty".into(), Vec::new());
+    f
+}
+
+use sha2::Digest as _;
+
+/// Layer 2 of `a`: 40 more files, a small one, and a new `OVERWRITTEN`.
+fn upper_files(salt: &str) -> Files {
+    let mut f = Files::new();
+    for i in 0..40u32 {
+        let path = format!("e{:02}/g{i:04}.bin", i % 4);
+        let seed = format!("{salt}/upper/{path}");
+        f.insert(path, pseudo_random(&seed, 2048 + 1500 * i as usize));
+    }
+    f.insert("etc/upper.txt".into(), b"from layer 2\n".to_vec());
+    f.insert(
+        OVERWRITTEN.into(),
+        pseudo_random(&format!("{salt}/overwritten"), 20_000),
+    );
+    f
+}
+
+/// A tar of `files` (sorted, each directory before its first file), every entry with
+/// `mtime`.
+fn tar_of(files: &Files, mtime: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs_done = std::collections::BTreeSet::new();
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mode(mode);
+        h.set_size(size);
+        h
+    };
+    for (path, data) in files {
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            if dirs_done.insert(dir.to_string()) {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                b.append_data(&mut h, format!("{dir}/"), std::io::empty())
+                    .unwrap();
+            }
+        }
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Writes a blob into an OCI layout; its digest.
+fn blob(dir: &Path, data: &[u8]) -> String {
+    let d = sha256_digest(data);
+    std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
+    d
+}
+
+/// An OCI layout with one linux/amd64 image per `(tag, layer tars)`.
+fn write_layout(dir: &Path, images: &[(&str, &[&[u8]])]) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut index = Vec::new();
+    for (tag, layers) in images {
+        let diff_ids: Vec<String> = layers.iter().map(|l| blob(dir, l)).collect();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2024-01-01T00:00:00Z",
+            "config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": {"strata.test.image": tag}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": layers.iter().map(|_| serde_json::json!({"created_by": "strata partial test"})).collect::<Vec<_>>(),
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": blob(dir, &config),
+                "size": config.len(),
+            },
+            "layers": layers.iter().zip(&diff_ids).map(|(l, d)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": d,
+                "size": l.len(),
+            })).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        index.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": blob(dir, &manifest),
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": index,
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// The three images' layer tars.
+struct Tars {
+    a1: Vec<u8>,
+    a2: Vec<u8>,
+    s: Vec<u8>,
+    b: Vec<u8>,
+    /// `b`'s version of `CHANGED`.
+    changed: Vec<u8>,
+}
+
+fn make_tars(salt: &str) -> Tars {
+    let base = base_files(salt);
+    let upper = upper_files(salt);
+    let mut merged = base.clone();
+    merged.extend(upper.clone());
+    let mut rebuilt = base.clone();
+    let changed = pseudo_random(&format!("{salt}/changed"), base[CHANGED].len());
+    rebuilt.insert(CHANGED.into(), changed.clone());
+    Tars {
+        a1: tar_of(&base, MTIME),
+        a2: tar_of(&upper, MTIME),
+        s: tar_of(&merged, MTIME),
+        b: tar_of(&rebuilt, MTIME + 86_400),
+        changed,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The registry side
+// ---------------------------------------------------------------------------
+
+/// The manifest a registry serves for `repo:tag`.
+fn remote_manifest(host: &str, repo: &str, tag: &str) -> Value {
+    let r = curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{host}/v2/{repo}/manifests/{tag}"),
+    ]);
+    assert_eq!(r.status, 200, "manifest {repo}:{tag}: {}", r.stderr);
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// One non-empty regular file of a zstd:chunked TOC: its compressed bytes in the blob.
+#[derive(Clone, Debug)]
+struct TocFile {
+    name: String,
+    size: u64,
+    start: u64,
+    end: u64,
+}
+
+/// A layer blob as the registry holds it, with its TOC parsed here.
+#[derive(Clone, Debug)]
+struct Remote {
+    digest: String,
+    size: u64,
+    media_type: String,
+    /// The compressed TOC: (offset, length) in the blob.
+    toc: (u64, u64),
+    files: Vec<TocFile>,
+}
+
+impl Remote {
+    /// Bytes between the files' frames, up to the TOC's skippable frame: the tar headers
+    /// and padding a pull without tar-split has to fetch.
+    fn header_frames(&self) -> u64 {
+        let payload: u64 = self.files.iter().map(|f| f.end - f.start).sum();
+        (self.toc.0 - 8) - payload
+    }
+
+    /// Compressed bytes of files smaller than a range bridge (fetched with the headers
+    /// around them).
+    fn tiny_payloads(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.end - f.start <= 512)
+            .map(|f| f.end - f.start)
+            .sum()
+    }
+
+    fn file(&self, name: &str) -> &TocFile {
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{name} not in the TOC"))
+    }
+}
+
+/// The only layer of `repo:tag`, or all of them, with their TOCs (zstd:chunked).
+fn remote_layers(reg: &Registry, repo: &str, tag: &str) -> Vec<Remote> {
+    let m = remote_manifest(&reg.host(), repo, tag);
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let digest = l["digest"].as_str().unwrap().to_string();
+            let size = l["size"].as_u64().unwrap();
+            let media_type = l["mediaType"].as_str().unwrap().to_string();
+            let ann = &l["annotations"];
+            let Some(pos) = ann["io.containers.zstd-chunked.manifest-position"].as_str() else {
+                return Remote {
+                    digest,
+                    size,
+                    media_type,
+                    toc: (0, 0),
+                    files: Vec::new(),
+                };
+            };
+            let p: Vec<u64> = pos.split(':').map(|x| x.parse().unwrap()).collect();
+            let r = curl(&[&format!("http://{}/v2/{repo}/blobs/{digest}", reg.host())]);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len() as u64, size);
+            let compressed = &r.body[p[0] as usize..(p[0] + p[1]) as usize];
+            assert_eq!(
+                Some(sha256_digest(compressed).as_str()),
+                ann["io.containers.zstd-chunked.manifest-checksum"].as_str(),
+                "the TOC as located here is the one the annotation names"
+            );
+            let toc: Value =
+                serde_json::from_slice(&zstd::decode_all(compressed).unwrap()).unwrap();
+            let mut files: Vec<TocFile> = Vec::new();
+            for e in toc["entries"].as_array().unwrap() {
+                let name = e["name"].as_str().unwrap_or("").to_string();
+                let start = e["offset"].as_u64().unwrap_or(0);
+                let end = e["endOffset"].as_u64().unwrap_or(0);
+                match e["type"].as_str().unwrap_or("") {
+                    // Empty files have no contents to fetch or reuse.
+                    "reg" if e["size"].as_u64().unwrap_or(0) == 0 => {}
+                    "reg" => files.push(TocFile {
+                        name,
+                        size: e["size"].as_u64().unwrap_or(0),
+                        start,
+                        end,
+                    }),
+                    "chunk" => {
+                        let f = files.last_mut().expect("a chunk after its file");
+                        assert_eq!(f.name, name, "chunk of {name} after its file");
+                        f.end = f.end.max(end);
+                    }
+                    _ => {}
+                }
+            }
+            Remote {
+                digest,
+                size,
+                media_type,
+                toc: (p[0], p[1]),
+                files,
+            }
+        })
+        .collect()
+}
+
+/// A registry holding `a`, `s`, `b` (zstd:chunked, by skopeo) behind a fault proxy.
+struct World {
+    env: Env,
+    reg: Registry,
+    proxy: FaultProxy,
+    layout: PathBuf,
+    tars: Tars,
+}
+
+fn world(salt: &str) -> World {
+    let env = Env::new();
+    let tars = make_tars(salt);
+    let layout = env.path().join("layout");
+    write_layout(
+        &layout,
+        &[
+            ("a", &[&tars.a1, &tars.a2]),
+            ("s", &[&tars.s]),
+            ("b", &[&tars.b]),
+        ],
+    );
+    let reg = Registry::plain();
+    for tag in ["a", "s", "b"] {
+        push(&reg, &layout, tag, "zstd:chunked");
+    }
+    let proxy = FaultProxy::start(&reg.host());
+    World {
+        env,
+        reg,
+        proxy,
+        layout,
+        tars,
+    }
+}
+
+/// skopeo copy of the layout's `tag` to `t/TAG:v1`.
+fn push(reg: &Registry, layout: &Path, tag: &str, format: &str) {
+    skopeo_copy(
+        &format!("oci:{}:{tag}", layout.display()),
+        &reg.docker_ref(&format!("t/{tag}:v1")),
+        &[
+            "--dest-tls-verify=false",
+            "--dest-compress",
+            "--dest-compress-format",
+            format,
+        ],
+    );
+}
+
+impl World {
+    /// `docker://PROXY/t/TAG:v1`
+    fn src(&self, tag: &str) -> String {
+        format!("docker://{}/t/{tag}:v1", self.proxy.host())
+    }
+
+    /// `docker://REGISTRY/t/TAG:v1` (not counted by the proxy)
+    fn direct(&self, tag: &str) -> String {
+        self.reg.docker_ref(&format!("t/{tag}:v1"))
+    }
+
+    fn repo(&self, name: &str) -> PathBuf {
+        self.env.path().join(name)
+    }
+
+    /// The only layer of `tag`.
+    fn layer(&self, tag: &str) -> Remote {
+        let mut l = remote_layers(&self.reg, &format!("t/{tag}"), "v1");
+        assert_eq!(l.len(), 1, "{tag} has one layer");
+        l.remove(0)
+    }
+
+    /// A fresh repository with `a` pulled (directly, fully).
+    fn repo_with_a(&self, name: &str) -> PathBuf {
+        let repo = self.repo(name);
+        let v = self.env.pull(&repo, &self.direct("a"), &["a", "--full"]);
+        assert!(arr(&v, "partial").is_empty(), "{v}");
+        repo
+    }
+
+    /// The image id of `pull --full` of `tag` into a fresh repository, and that repository.
+    fn full_pull(&self, tag: &str) -> (String, PathBuf) {
+        let repo = self.repo(&format!("full-{tag}"));
+        let v = self.env.pull(&repo, &self.direct(tag), &[tag, "--full"]);
+        (image_id(&v), repo)
+    }
+
+    /// The image id of `pull oci:` of the layout's `tag`.
+    fn layout_id(&self, tag: &str) -> String {
+        let repo = self.repo(&format!("layout-{tag}"));
+        let src = format!("oci:{}:{tag}", self.layout.display());
+        image_id(&self.env.pull(&repo, &src, &[tag]))
+    }
+}
+
+fn image_id(v: &Value) -> String {
+    v["image_id"].as_str().unwrap().to_string()
+}
+
+fn fsck_clean(env: &Env, repo: &Path) {
+    let v: Value = serde_json::from_slice(&env.ok(repo, &["--json", "fsck"])).unwrap();
+    let problems = v["problems"].as_array().map_or(0, |p| p.len());
+    assert_eq!(problems, 0, "fsck: {v}");
+}
+
+/// `layer cat` of every layer of `name`, in order.
+fn layer_tars(env: &Env, repo: &Path, name: &str) -> Vec<Vec<u8>> {
+    let info: Value = serde_json::from_slice(&env.ok(repo, &["--json", "inspect", name])).unwrap();
+    info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let diff_id = l["diff_id"].as_str().unwrap();
+            let tar = env.ok(repo, &["layer", "cat", diff_id]);
+            assert_eq!(sha256_digest(&tar), diff_id, "layer cat of {diff_id}");
+            tar
+        })
+        .collect()
+}
+
+/// A report's array (absent when empty).
+fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    match &v[key] {
+        Value::Null => &[],
+        a => a.as_array().unwrap_or_else(|| panic!("{key}: {a}")),
+    }
+}
+
+/// The only partial layer of a report.
+fn only_partial(v: &Value) -> &Value {
+    let p = arr(v, "partial");
+    assert_eq!(p.len(), 1, "one partial layer: {v:#}");
+    &p[0]
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Range requests and their ranges for a blob, as the proxy saw them.
+fn ranges_for(proxy: &FaultProxy, digest: &str) -> Vec<(u64, u64)> {
+    proxy
+        .matching("GET", digest)
+        .iter()
+        .filter(|r| r.status == 206)
+        .filter_map(|r| r.range.clone())
+        .flat_map(|r| {
+            r.trim_start_matches("bytes=")
+                .split(',')
+                .map(|p| {
+                    let (a, b) = p.trim().split_once('-').unwrap();
+                    (a.parse().unwrap(), b.parse().unwrap())
+                })
+                .collect::<Vec<(u64, u64)>>()
+        })
+        .collect()
+}
+
+/// Per-part overhead of a `multipart/byteranges` answer (boundary, two headers).
+const PART_OVERHEAD: u64 = 200;
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_squashed_copy_of_pulled_layers_fetches_only_its_toc_and_headers() {
+    if skip() {
+        return;
+    }
+    let w = world("squashed");
+    let s = w.layer("s");
+    assert!(s.media_type.ends_with("+zstd"), "{}", s.media_type);
+    assert_eq!(s.files.len(), 345, "non-empty regular files in s's TOC");
+    let repo = w.repo_with_a("repo");
+
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("s"), &["s"]);
+    let p = only_partial(&v);
+    eprintln!("partial: {p:#}");
+    assert_eq!(p["digest"], Value::from(s.digest.clone()));
+    assert_eq!(p["format"], "zstd:chunked");
+    assert_eq!(u(p, "blob_bytes"), s.size);
+    assert_eq!(u(p, "toc_bytes"), s.toc.1, "the TOC's compressed length");
+    assert_eq!(
+        u(p, "tar_split_bytes"),
+        0,
+        "the older form has no tar-split"
+    );
+    assert_eq!(u(p, "files_fetched"), 0, "every file of s is in a: {p}");
+    assert_eq!(u(p, "file_bytes_fetched"), 0, "{p}");
+    assert_eq!(u(p, "files_reused"), s.files.len() as u64, "{p}");
+    let want_reused: u64 = s.files.iter().map(|f| f.size).sum();
+    assert_eq!(u(p, "bytes_reused"), want_reused, "{p}");
+    assert!(arr(&v, "full_pulls").is_empty(), "{v}");
+
+    // What went over the wire for s's blob: its TOC and the frames between files.
+    let sent = w.proxy.bytes_sent_for(&s.digest);
+    let ranges = ranges_for(&w.proxy, &s.digest);
+    let ideal = s.toc.1 + s.header_frames();
+    let limit = ideal + s.tiny_payloads() + PART_OVERHEAD * ranges.len() as u64 + 1024;
+    eprintln!(
+        "s: blob {} B, TOC {} B, header frames {} B, sent {sent} B in {} ranges \
+         ({} requests), report: {} B fetched, {} B headers",
+        s.size,
+        s.toc.1,
+        s.header_frames(),
+        ranges.len(),
+        u(p, "requests"),
+        u(p, "bytes_fetched"),
+        u(p, "header_bytes"),
+    );
+    assert!(
+        sent >= ideal,
+        "sent {sent} B < TOC + headers {ideal} B: were some read from elsewhere?"
+    );
+    assert!(
+        sent <= limit,
+        "sent {sent} B for s's blob, more than TOC + header frames + overhead = {limit} B"
+    );
+    assert!(
+        u(p, "header_bytes") >= s.header_frames()
+            && u(p, "header_bytes") <= s.header_frames() + s.tiny_payloads(),
+        "header_bytes {} vs the TOC's gaps {} (+ tiny payloads {})",
+        u(p, "header_bytes"),
+        s.header_frames(),
+        s.tiny_payloads()
+    );
+    assert!(
+        u(p, "bytes_fetched") <= sent,
+        "report {} > sent {sent}",
+        u(p, "bytes_fetched")
+    );
+    assert!(
+        sent * 10 < s.size,
+        "sent {sent} B is not a small share of {} B",
+        s.size
+    );
+    // No file's payload was asked for, except those bridged over (≤ 512 bytes).
+    for f in s.files.iter().filter(|f| f.end - f.start > 512) {
+        assert!(
+            !ranges.iter().any(|&(a, b)| a < f.end && b >= f.start),
+            "{} ({}..{}) was fetched: {ranges:?}",
+            f.name,
+            f.start,
+            f.end
+        );
+    }
+    // The network figures agree with the proxy (which also counts multipart framing).
+    let net = v["network"]["bytes_fetched"].as_u64().unwrap();
+    let all = w.proxy.bytes_sent();
+    assert!(
+        net <= all && all - net <= PART_OVERHEAD * ranges.len() as u64 + 1024,
+        "network.bytes_fetched {net} vs {all} B sent by the proxy"
+    );
+
+    // Same image and bytes as a full pull, and as the layout.
+    let (full_id, full_repo) = w.full_pull("s");
+    assert_eq!(image_id(&v), full_id, "partial vs full pull of s");
+    assert_eq!(full_id, w.layout_id("s"), "full pull vs pull oci:");
+    let partial_tar = layer_tars(&w.env, &repo, "s");
+    let full_tar = layer_tars(&w.env, &full_repo, "s");
+    assert!(partial_tar[0] == full_tar[0], "layer cat differs");
+    assert!(
+        partial_tar[0] == w.tars.s,
+        "layer cat differs from the layout's tar"
+    );
+    fsck_clean(&w.env, &repo);
+    fsck_clean(&w.env, &full_repo);
+}
+
+#[test]
+fn a_rebuilt_base_fetches_only_the_changed_file() {
+    if skip() {
+        return;
+    }
+    let w = world("rebuilt");
+    let b = w.layer("b");
+    let changed = b.file(CHANGED).clone();
+    assert_eq!(changed.size, w.tars.changed.len() as u64);
+    let repo = w.repo_with_a("repo");
+
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("b"), &["b"]);
+    let p = only_partial(&v);
+    eprintln!("partial: {p:#}");
+    assert_eq!(p["format"], "zstd:chunked");
+    assert_eq!(u(p, "files_fetched"), 1, "only {CHANGED}: {p}");
+    assert_eq!(
+        u(p, "file_bytes_fetched"),
+        changed.end - changed.start,
+        "{CHANGED}'s compressed bytes: {p}"
+    );
+    assert_eq!(u(p, "files_reused"), b.files.len() as u64 - 1, "{p}");
+    let ranges = ranges_for(&w.proxy, &b.digest);
+    assert!(
+        ranges
+            .iter()
+            .any(|&(a, e)| a <= changed.start && changed.end - 1 <= e),
+        "no range covers {CHANGED} ({}..{}): {ranges:?}",
+        changed.start,
+        changed.end
+    );
+    let sent = w.proxy.bytes_sent_for(&b.digest);
+    let ideal = b.toc.1 + b.header_frames() + (changed.end - changed.start);
+    let limit = ideal + b.tiny_payloads() + PART_OVERHEAD * ranges.len() as u64 + 1024;
+    eprintln!(
+        "b: blob {} B, TOC {} B, header frames {} B, {CHANGED} {} B, sent {sent} B in {} ranges",
+        b.size,
+        b.toc.1,
+        b.header_frames(),
+        changed.end - changed.start,
+        ranges.len()
+    );
+    assert!(
+        (ideal..=limit).contains(&sent),
+        "sent {sent} B for b's blob, not within [{ideal}, {limit}]"
+    );
+
+    let (full_id, full_repo) = w.full_pull("b");
+    assert_eq!(image_id(&v), full_id, "partial vs full pull of b");
+    assert_eq!(full_id, w.layout_id("b"));
+    let tars = layer_tars(&w.env, &repo, "b");
+    assert!(
+        tars[0] == w.tars.b,
+        "layer cat differs from the layout's tar"
+    );
+    assert!(tars[0] == layer_tars(&w.env, &full_repo, "b")[0]);
+    fsck_clean(&w.env, &repo);
+
+    // Without --json: one line per partial layer on stderr.
+    let repo2 = w.repo_with_a("repo2");
+    let o = w.env.run(&repo2, &["pull", &w.src("b"), "b"]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), full_id);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let fetched = u(p, "bytes_fetched");
+    let want = format!(
+        "strata: layer {}: fetched {} of {} ({:.1} %), reused {} files",
+        b.digest,
+        indicatif::HumanBytes(fetched),
+        indicatif::HumanBytes(b.size),
+        100.0 * fetched as f64 / b.size as f64,
+        b.files.len() - 1
+    );
+    assert!(
+        err.lines().any(|l| l == want),
+        "no line {want:?} in:\n{err}"
+    );
+}
+
+/// The error line of a failed pull of `b`, after checking that nothing was tagged and
+/// fsck is clean.
+fn failed_pull(w: &World, repo: &Path) -> String {
+    let o = w.env.run(repo, &["pull", &w.src("b"), "b"]);
+    assert_eq!(o.status.code(), Some(1), "the pull fails");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("created repository") && !l.contains("fs-verity is not"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    let images = String::from_utf8(w.env.ok(repo, &["images"])).unwrap();
+    assert!(
+        !images
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("b")),
+        "nothing tagged: {images}"
+    );
+    fsck_clean(&w.env, repo);
+    lines[0].to_string()
+}
+
+#[test]
+fn a_corrupted_file_range_fails_the_pull_naming_the_file() {
+    if skip() {
+        return;
+    }
+    let w = world("corrupt");
+    let b = w.layer("b");
+    let changed = b.file(CHANGED).clone();
+    let repo = w.repo_with_a("repo");
+    let want_sha = hex::encode(sha2::Sha256::digest(&w.tars.changed));
+    let prefix = format!(
+        "strata: pull {}: layer {}: file {CHANGED}: ",
+        w.src("b"),
+        b.digest
+    );
+
+    // A flipped byte in the file's frame: zstd's frame checksum catches it.
+    let at = (changed.start + changed.end) / 2;
+    let flip = w
+        .proxy
+        .add_fault(Fault::new("GET", &b.digest, FaultKind::FlipByteRanged(at)).times(usize::MAX));
+    let line = failed_pull(&w, &repo);
+    assert!(w.proxy.fired(flip) >= 1, "the fault fired");
+    assert!(line.starts_with(&prefix), "{line}");
+    assert!(line.contains("cannot decompress"), "{line}");
+    w.proxy.clear_faults();
+
+    // A valid frame of other contents (zeros, then a skippable frame to the same length):
+    // only the sha256 check catches it.
+    let zeros = vec![0u8; changed.size as usize];
+    let mut frame = zstd::encode_all(&zeros[..], 3).unwrap();
+    let len = changed.end - changed.start;
+    let pad = len as usize - frame.len() - 8;
+    frame.extend_from_slice(&0x184d_2a50u32.to_le_bytes());
+    frame.extend_from_slice(&(pad as u32).to_le_bytes());
+    frame.resize(len as usize, 0);
+    assert_eq!(zstd::decode_all(&frame[..]).unwrap(), zeros);
+    let replace = w.proxy.add_fault(
+        Fault::new(
+            "GET",
+            &b.digest,
+            FaultKind::ReplaceRanged(changed.start, frame),
+        )
+        .times(usize::MAX),
+    );
+    let line = failed_pull(&w, &repo);
+    assert!(w.proxy.fired(replace) >= 1, "the fault fired");
+    let zeros_sha = hex::encode(sha2::Sha256::digest(&zeros));
+    assert_eq!(
+        line,
+        format!("{prefix}contents have sha256 sha256:{zeros_sha}, the TOC says sha256:{want_sha}")
+    );
+
+    // The registry's copy is fine: the same pull works, fetching the file again.
+    w.proxy.clear_faults();
+    let v = w.env.pull(&repo, &w.src("b"), &["b"]);
+    assert_eq!(u(only_partial(&v), "files_fetched"), 1, "{v}");
+    assert_eq!(image_id(&v), w.layout_id("b"));
+    assert!(layer_tars(&w.env, &repo, "b")[0] == w.tars.b);
+    fsck_clean(&w.env, &repo);
+}
+
+#[test]
+fn a_registry_answering_multi_range_with_the_whole_blob_is_read_once() {
+    if skip() {
+        return;
+    }
+    let w = world("whole");
+    let b = w.layer("b");
+    let repo = w.repo_with_a("repo");
+    let strip = w
+        .proxy
+        .add_fault(Fault::new("GET", &b.digest, FaultKind::RefuseMultiRange).times(usize::MAX));
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("b"), &["b"]);
+    assert!(w.proxy.fired(strip) >= 1, "a multi-range request was made");
+    assert_eq!(image_id(&v), w.layout_id("b"));
+    assert!(arr(&v, "partial").is_empty(), "{v}");
+    let full = arr(&v, "full_pulls");
+    assert_eq!(full.len(), 1, "{v}");
+    assert_eq!(full[0]["digest"], Value::from(b.digest.clone()));
+    assert!(
+        full[0]["why"].as_str().unwrap().contains("whole blob"),
+        "{v}"
+    );
+    let sent = w.proxy.bytes_sent_for(&b.digest);
+    let whole = w
+        .proxy
+        .matching("GET", &b.digest)
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    eprintln!(
+        "b: blob {} B, sent {sent} B, {whole} whole-blob answers, statuses {:?}",
+        b.size,
+        w.proxy.statuses("GET", &b.digest)
+    );
+    assert!(
+        sent <= b.size + b.toc.1 + 1024,
+        "sent {sent} B for a {}-byte blob: fetched twice?",
+        b.size
+    );
+    let tars = layer_tars(&w.env, &repo, "b");
+    assert!(tars[0] == w.tars.b);
+    fsck_clean(&w.env, &repo);
+}
+
+#[test]
+fn a_registry_refusing_multi_range_with_400_gets_fewer_ranges_per_request() {
+    if skip() {
+        return;
+    }
+    let w = world("four-hundred");
+    let b = w.layer("b");
+    let want = w.layout_id("b");
+
+    // Multi-range allowed: the baseline.
+    let repo = w.repo_with_a("repo");
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("b"), &["b"]);
+    assert_eq!(image_id(&v), want);
+    let base_requests = u(only_partial(&v), "requests");
+    let base_sent = w.proxy.bytes_sent_for(&b.digest);
+    let base_http = w.proxy.count("GET", &b.digest);
+
+    let repo = w.repo_with_a("repo-400");
+    let refuse = w.proxy.add_fault(
+        Fault::new("GET", &b.digest, FaultKind::MultiRangeStatus(400)).times(usize::MAX),
+    );
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("b"), &["b"]);
+    assert!(w.proxy.fired(refuse) >= 1, "a multi-range request was made");
+    assert_eq!(image_id(&v), want);
+    let p = only_partial(&v);
+    assert_eq!(u(p, "files_fetched"), 1, "{p}");
+    let statuses = w.proxy.statuses("GET", &b.digest);
+    let refused = statuses.iter().filter(|&&s| s == 400).count();
+    let ok = w
+        .proxy
+        .matching("GET", &b.digest)
+        .iter()
+        .filter(|r| r.status == 206)
+        .count();
+    let sent = w.proxy.bytes_sent_for(&b.digest)
+        - refused as u64 * b"injected: multi-range requests are not supported\n".len() as u64;
+    eprintln!(
+        "b: baseline {base_requests} range requests ({base_http} HTTP), {base_sent} B; \
+         with 400s: {} range requests, {refused} refused, {ok} answered, {sent} B",
+        u(p, "requests")
+    );
+    assert!(
+        ok > base_http,
+        "{ok} answered requests with 400s vs {base_http} without"
+    );
+    assert!(
+        u(p, "requests") > base_requests,
+        "report: {} requests vs {base_requests}",
+        u(p, "requests")
+    );
+    // Single-range answers carry no multipart framing: no more bytes than before.
+    assert!(sent <= base_sent, "{sent} B with 400s vs {base_sent} B");
+    let tars = layer_tars(&w.env, &repo, "b");
+    assert!(tars[0] == w.tars.b);
+    fsck_clean(&w.env, &repo);
+}
+
+#[test]
+fn non_chunked_layers_and_full_pulls_fetch_whole_blobs() {
+    if skip() {
+        return;
+    }
+    let w = world("non-chunked");
+    // b, gzip, in a registry of its own (skopeo would reuse the zstd:chunked blob).
+    let greg = Registry::plain();
+    push(&greg, &w.layout, "b", "gzip");
+    let gproxy = FaultProxy::start(&greg.host());
+    let gb = remote_layers(&greg, "t/b", "v1").remove(0);
+    assert!(gb.media_type.ends_with("+gzip"), "{}", gb.media_type);
+
+    let repo = w.repo_with_a("repo");
+    let v = w
+        .env
+        .pull(&repo, &format!("docker://{}/t/b:v1", gproxy.host()), &["b"]);
+    assert!(arr(&v, "partial").is_empty(), "{v}");
+    assert!(arr(&v, "full_pulls").is_empty(), "{v}");
+    assert_eq!(
+        gproxy.bytes_sent_for(&gb.digest),
+        gb.size,
+        "gzip: whole blob once"
+    );
+    assert!(
+        gproxy
+            .matching("GET", &gb.digest)
+            .iter()
+            .all(|r| r.range.is_none()),
+        "no range requests"
+    );
+    assert_eq!(image_id(&v), w.layout_id("b"));
+
+    // --full on a zstd:chunked image: the whole blob, once, no ranges.
+    let b = w.layer("b");
+    let repo = w.repo_with_a("repo-full");
+    w.proxy.reset_stats();
+    let v = w.env.pull(&repo, &w.src("b"), &["b", "--full"]);
+    assert!(arr(&v, "partial").is_empty(), "{v}");
+    assert!(arr(&v, "full_pulls").is_empty(), "{v}");
+    assert_eq!(
+        w.proxy.bytes_sent_for(&b.digest),
+        b.size,
+        "--full: whole blob once"
+    );
+    assert!(
+        w.proxy
+            .matching("GET", &b.digest)
+            .iter()
+            .all(|r| r.range.is_none()),
+        "--full: no range requests"
+    );
+    assert_eq!(image_id(&v), w.layout_id("b"));
+    let tars = layer_tars(&w.env, &repo, "b");
+    assert!(tars[0] == w.tars.b);
+    fsck_clean(&w.env, &repo);
+}
