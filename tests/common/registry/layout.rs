@@ -168,7 +168,9 @@ pub(crate) fn build_tar(entries: &[TarEntry]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-pub(crate) fn build_manifest(dir: &Path, img: &TestImage, p: &Platform) -> BuiltManifest {
+/// The two layer tars of `img` on `p` (see `make_layout`) and the regular files of the
+/// final tree (path → content).
+pub fn test_layer_tars(img: &TestImage, p: &Platform) -> (Vec<Vec<u8>>, BTreeMap<String, Vec<u8>>) {
     let plat = format!(
         "{}/{}{}",
         p.os,
@@ -206,13 +208,20 @@ pub(crate) fn build_manifest(dir: &Path, img: &TestImage, p: &Platform) -> Built
         TarEntry::File("etc/.wh.remove-me", b"", 0o644),
         TarEntry::File("etc/added.txt", &added, 0o644),
     ]);
-    let layers: Vec<BuiltLayer> = [layer1, layer2]
-        .into_iter()
-        .map(|tar| BuiltLayer {
-            digest: write_blob(dir, &tar),
-            tar,
-        })
-        .collect();
+    let files = [
+        ("etc/small.txt", small),
+        ("etc/added.txt", added),
+        ("usr/bin/tool", tool),
+        ("usr/bin/big.bin", big),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    (vec![layer1, layer2], files)
+}
+
+/// The image config of `img` on `p` with these diff_ids.
+pub(crate) fn test_config(img: &TestImage, p: &Platform, diff_ids: &[String]) -> Vec<u8> {
     let mut config = p.json();
     config["created"] = "2024-01-01T00:00:00Z".into();
     config["config"] = serde_json::json!({
@@ -222,13 +231,26 @@ pub(crate) fn build_manifest(dir: &Path, img: &TestImage, p: &Platform) -> Built
     });
     config["rootfs"] = serde_json::json!({
         "type": "layers",
-        "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(),
+        "diff_ids": diff_ids,
     });
     config["history"] = serde_json::json!([
         {"created": "2024-01-01T00:00:00Z", "created_by": "strata test layer 1"},
         {"created": "2024-01-01T00:00:00Z", "created_by": "strata test layer 2"},
     ]);
-    let config = serde_json::to_vec(&config).unwrap();
+    serde_json::to_vec(&config).unwrap()
+}
+
+pub(crate) fn build_manifest(dir: &Path, img: &TestImage, p: &Platform) -> BuiltManifest {
+    let (tars, files) = test_layer_tars(img, p);
+    let layers: Vec<BuiltLayer> = tars
+        .into_iter()
+        .map(|tar| BuiltLayer {
+            digest: write_blob(dir, &tar),
+            tar,
+        })
+        .collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    let config = test_config(img, p, &diff_ids);
     let config_digest = write_blob(dir, &config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -246,15 +268,6 @@ pub(crate) fn build_manifest(dir: &Path, img: &TestImage, p: &Platform) -> Built
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
     let digest = write_blob(dir, &manifest);
-    let files = [
-        ("etc/small.txt", small),
-        ("etc/added.txt", added),
-        ("usr/bin/tool", tool),
-        ("usr/bin/big.bin", big),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
     BuiltManifest {
         platform: p.clone(),
         digest,

@@ -9,7 +9,7 @@
 //! Parts: `process` (children tied to the test process), `server` (docker-registry),
 //! `http` (HTTP/1.1 plumbing), `engine` (the server shared by proxy and gate), `proxy`
 //! (fault injection), `token` (the token gate), `layout` (test images), `tools` (skopeo,
-//! curl). Everything is re-exported here.
+//! curl), `writers` (newer zstd:chunked and eStargz writers). Everything is re-exported here.
 #![allow(dead_code)]
 #![allow(clippy::new_without_default)]
 #![allow(unused_imports)]
@@ -48,6 +48,7 @@ mod proxy;
 mod server;
 mod token;
 mod tools;
+mod writers;
 
 pub use engine::*;
 pub use http::*;
@@ -57,3 +58,4 @@ pub use proxy::*;
 pub use server::*;
 pub use token::*;
 pub use tools::*;
+pub use writers::*;
