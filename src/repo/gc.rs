@@ -2,7 +2,11 @@
 //!
 //! Runs under the exclusive repository lock, so no writer is between writing
 //! objects and the ref that will reference them: every writer holds the
-//! shared lock from its first object to its last ref.
+//! shared lock from its first object to its last ref. That includes pulls
+//! waiting for another pull's claim: they hold the shared lock while they wait,
+//! so the layer a claim holder publishes cannot be collected before the waiter
+//! records it. Fetch claims and partial downloads (`claims/`) are all stale
+//! under the exclusive lock (only pulls hold claims), and are removed here.
 //!
 //! Roots: every image a name (`refs/images/`) reaches, every image in
 //! `in_use` (mounted, booted) and every image with a deployment record
@@ -25,6 +29,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub objects_kept: u64,
     pub refs_removed: u64,
+    /// Stale claim files and partial downloads of dead pulls removed.
+    pub claim_files_removed: u64,
     /// Images kept only because they are mounted or booted.
     pub images_in_use: u64,
     /// Images kept only because a deployment record names them.
@@ -149,6 +155,7 @@ impl Repository {
             }
         }
         if !dry_run {
+            report.claim_files_removed = self.claims().remove_all()?;
             self.objects.sync()?;
         }
         report.images_removed.sort();
