@@ -135,8 +135,7 @@ impl Claims {
     /// Claims `key` if nobody holds it. Never blocks.
     pub fn try_claim(&self, key: &str) -> Result<Claimed, RepoError> {
         let path = self.dir.join(Self::file_name(key)?);
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| ioe(&self.dir, "cannot create directory", e))?;
+        fs::create_dir_all(&self.dir).map_err(|e| ioe(&self.dir, "cannot create directory", e))?;
         loop {
             let file = fs::OpenOptions::new()
                 .read(true)
@@ -276,8 +275,7 @@ impl ClaimGuard {
         };
         let (mut data, mut sums) = (open(&dpath)?, open(&spath)?);
         let mut recorded = Vec::new();
-        (&mut sums)
-            .read_to_end(&mut recorded)
+        sums.read_to_end(&mut recorded)
             .map_err(|e| ioe(&spath, "cannot read", e))?;
         let mut good = 0u64;
         let mut buf = vec![0u8; PARTIAL_CHUNK as usize];
@@ -432,7 +430,9 @@ mod tests {
         let Claimed::Mine(g) = c.try_claim(KEY).unwrap() else {
             panic!()
         };
-        let data: Vec<u8> = (0..(PARTIAL_CHUNK * 3 + 100)).map(|i| (i * 7) as u8).collect();
+        let data: Vec<u8> = (0..(PARTIAL_CHUNK * 3 + 100))
+            .map(|i| (i * 7) as u8)
+            .collect();
         let mut p = g.resume_partial().unwrap();
         p.writer.append(&data).unwrap();
         drop(p);
@@ -454,6 +454,9 @@ mod tests {
         drop(p);
         assert_eq!(g.resume_partial().unwrap().verified, PARTIAL_CHUNK * 3);
         drop(g);
-        assert!(!path.exists(), "dropping the guard removes the partial download");
+        assert!(
+            !path.exists(),
+            "dropping the guard removes the partial download"
+        );
     }
 }
