@@ -48,6 +48,9 @@ pub enum FaultKind {
     RedirectTo(String),
     /// Sleep this many milliseconds before handling the request.
     Delay(u64),
+    /// Send the response body at about this many bytes per second (small writes, each
+    /// flushed), so that a client's download is slow and little is in flight.
+    Throttle(u64),
 }
 
 impl FaultKind {
@@ -60,6 +63,7 @@ impl FaultKind {
             FaultKind::RefuseMultiRange => "RefuseMultiRange".into(),
             FaultKind::RedirectTo(h) => format!("RedirectTo({h})"),
             FaultKind::Delay(ms) => format!("Delay({ms})"),
+            FaultKind::Throttle(r) => format!("Throttle({r})"),
         }
     }
 }
@@ -415,6 +419,7 @@ impl Shared {
         }
         let mut cut = None;
         let mut flip = None;
+        let mut throttle = None;
         for f in &faults {
             if let FaultKind::Delay(ms) = f {
                 thread::sleep(Duration::from_millis(*ms));
@@ -445,6 +450,7 @@ impl Shared {
                 FaultKind::CutAfter(n) => cut = Some(*n),
                 FaultKind::FlipByte(o) => flip = Some(*o),
                 FaultKind::Delay(_) => {}
+                FaultKind::Throttle(r) => throttle = Some((*r).max(1)),
             }
         }
 
@@ -563,6 +569,20 @@ impl Shared {
                 if off >= abs && off < abs + n as u64 {
                     piece.to_mut()[(off - abs) as usize] ^= 0xff;
                 }
+            }
+            if let Some(rate) = throttle {
+                for part in piece.chunks(8192) {
+                    if chunked_resp {
+                        write_chunk(wr, part)?;
+                    } else {
+                        wr.write_all(part)?;
+                    }
+                    wr.flush()?;
+                    self.update(idx, |r| r.body_bytes += part.len() as u64);
+                    thread::sleep(Duration::from_micros(part.len() as u64 * 1_000_000 / rate));
+                }
+                pos += n as u64;
+                return Ok(!stopped);
             }
             self.update(idx, |r| r.body_bytes += n as u64);
             if chunked_resp {
