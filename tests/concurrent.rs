@@ -357,22 +357,25 @@ fn a_killed_claim_holder_is_taken_over_from_its_partial_download() {
     let (big_digest, big_size) = biggest_blob(&s, "one");
     let claims = repo.join("claims");
     let partial = claims.join(format!("sha256-{}.partial", &big_digest[7..]));
-    let mut holder = s.spawn_pull(&repo, "one", &["--jobs", "1"]);
-    let t = Instant::now();
-    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 3 * MIB as u64 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no partial download grew"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let waiter = s.spawn_pull(&repo, "two", &["-v"]);
-    std::thread::sleep(Duration::from_millis(700));
-    let held = std::fs::metadata(&partial).unwrap().len();
-    holder.kill().unwrap();
-    let _ = holder.wait();
-    let sent_before_kill = s.proxy.bytes_sent_for(&big_digest);
-    let r = finish(waiter, "pull two", Duration::from_secs(60));
+    let (r, held, sent_before_kill) = with_gc_loop(&s.env, &repo, || {
+        let mut holder = s.spawn_pull(&repo, "one", &["--jobs", "1"]);
+        let t = Instant::now();
+        while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 3 * MIB as u64 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no partial download grew"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let waiter = s.spawn_pull(&repo, "two", &["-v"]);
+        std::thread::sleep(Duration::from_millis(700));
+        let held = std::fs::metadata(&partial).unwrap().len();
+        holder.kill().unwrap();
+        let _ = holder.wait();
+        let sent_before_kill = s.proxy.bytes_sent_for(&big_digest);
+        let r = finish(waiter, "pull two", Duration::from_secs(60));
+        (r, held, sent_before_kill)
+    });
     assert_eq!(
         r["image_id"].as_str().unwrap(),
         want,
