@@ -84,18 +84,21 @@ enum Command {
         after_help = "Examples:\n  strata pull docker://quay.io/fedora/fedora:41 fedora\n  \
                             strata pull docker://127.0.0.1:5000/app@sha256:… --tls-verify=false\n  \
                             strata pull --platform linux/arm64 docker://debian:12 debian-arm\n  \
-                            strata pull oci:/srv/layouts/debian:12 debian\n\n\
+                            strata pull oci:/srv/layouts/debian:12 debian\n  \
+                            strata pull docker://registry.example/app:v1 docker://registry.example/app:v2\n\n\
                             Credentials come from --creds, --authfile or the containers-auth.json(5) files\n\
                             (strata login writes them); TLS CAs and client certificates from\n\
                             /etc/containers/certs.d/HOST[:PORT]/; mirrors, insecure and blocked registries\n\
                             from registries.conf(5)."
     )]
     Pull {
-        source: String,
-        /// Name to tag the image with (a GC root).
-        #[arg(conflicts_with = "name_opt")]
-        name: Option<String>,
-        /// Name to tag the image with (same as the second argument).
+        /// Images to pull, at once (layers they share are fetched once). `pull SOURCE
+        /// NAME` (a second argument without a transport prefix) still names one image.
+        /// With several sources each image is named after its reference: the last path
+        /// component and the tag (`docker://h/ns/app:v1` → `app:v1`).
+        #[arg(required = true, value_name = "SOURCE")]
+        sources: Vec<String>,
+        /// Name to tag the image with (one source only).
         #[arg(long = "name", value_name = "NAME", id = "name_opt")]
         name_opt: Option<String>,
         /// Platform to pick from a multi-platform index: os/arch[/variant] [default: this host].
@@ -303,7 +306,7 @@ fn without_os_error(s: &str) -> String {
 }
 
 /// Prints an error as one line: `prog: outer: inner: cause`.
-fn report(prog: &str, err: &anyhow::Error) {
+pub(crate) fn report(prog: &str, err: &anyhow::Error) {
     let mut line = String::new();
     for (i, cause) in err.chain().enumerate() {
         let s = cause.to_string();
@@ -368,16 +371,15 @@ pub fn main() -> ExitCode {
             *hardlinks,
         ),
         Command::Pull {
-            source,
-            name,
+            sources,
             name_opt,
             platform,
             full,
             registry,
         } => oci::pull(
             &g,
-            source,
-            name.as_deref().or(name_opt.as_deref()),
+            sources,
+            name_opt.as_deref(),
             platform.as_deref(),
             *full,
             registry,

@@ -7,76 +7,225 @@ use anyhow::{bail, Context, Result};
 use super::registry::RegistryArgs;
 use super::repo::Global;
 use crate::fsverity::Digest;
-use crate::oci::import::{pull as do_pull, OciInfo, PullOptions};
+use crate::oci::import::{pull as do_pull, OciInfo, PullOptions, PullReport, WaitHook};
 use crate::oci::{splitstream, Compression, ImageRef, PlatformSpec, Reference};
 use crate::repo::{LockMode, Repository};
 
+/// Transport prefixes a pull source starts with (a second argument without one is a name).
+const TRANSPORTS: [&str; 4] = ["docker:", "oci:", "oci-archive:", "containers-storage:"];
+
+/// `pull SOURCE…`: one image as before (`pull SOURCE [NAME]`, `--name`), or several at
+/// once, sharing the repository's fetch claims so that shared layers are fetched once.
 pub fn pull(
     g: &Global,
-    source: &str,
-    name: Option<&str>,
+    args: &[String],
+    name_opt: Option<&str>,
     platform: Option<&str>,
     full: bool,
     reg: &RegistryArgs,
 ) -> Result<()> {
+    let (sources, name) = split_pull_args(args, name_opt)?;
     let repo = g.open_repo(LockMode::Shared)?;
     use std::io::IsTerminal;
     let progress =
         (!g.quiet && !g.json && io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+    let platform = platform.map(PlatformSpec::parse).transpose()?;
+    if let [source] = sources.as_slice() {
+        let opts = pull_options(g, source, platform, full, progress, reg)?;
+        let r = do_pull(&repo, source, name.as_deref(), &opts)
+            .with_context(|| format!("pull {source}"))?;
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!("{}", r.image_id);
+            print_summary(g, &r);
+        }
+        return Ok(());
+    }
+    let names: Vec<String> = sources.iter().map(|s| name_of_source(s)).collect();
+    for n in &names {
+        crate::repo::check_name(n).with_context(|| "naming an image after its reference")?;
+    }
+    // One table of contents being fetched for all the images: a file two of them need
+    // crosses the network once.
+    let shared = crate::oci::partial::Shared::default();
+    let results: Vec<Result<PullReport>> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .zip(&names)
+            .map(|(source, name)| {
+                let (repo, progress, platform) = (&repo, progress.clone(), platform.clone());
+                let shared = shared.clone();
+                s.spawn(move || -> Result<PullReport> {
+                    let mut opts = pull_options(g, source, platform, full, progress, reg)?;
+                    opts.shared = shared;
+                    do_pull(repo, source, Some(name), &opts)
+                        .with_context(|| format!("pull {source}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("pull thread"))
+            .collect()
+    });
+    let mut reports = Vec::new();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(r) => reports.push(r),
+            Err(e) if first_err.is_none() => first_err = Some(e),
+            Err(e) => super::report("strata", &e),
+        }
+    }
+    if g.json {
+        let sum = |f: &dyn Fn(&PullReport) -> u64| reports.iter().map(f).sum::<u64>();
+        let v = serde_json::json!({
+            "images": reports,
+            "layers_from_other_pulls": sum(&|r| r.layers_from_other_pulls as u64),
+            "bytes_from_other_pulls": sum(&|r| r.bytes_from_other_pulls),
+            "network": {
+                "bytes_fetched": sum(&|r| r.network.as_ref().map_or(0, |n| n.bytes_fetched)),
+                "requests": sum(&|r| r.network.as_ref().map_or(0, |n| n.requests)),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for r in &reports {
+            println!("{} {}", r.image_id, r.name.as_deref().unwrap_or(""));
+            print_summary(g, r);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The sources of `pull`, and the name: `pull SOURCE NAME` when the second argument has
+/// no transport prefix, else `--name` (with one source only).
+fn split_pull_args(
+    args: &[String],
+    name_opt: Option<&str>,
+) -> Result<(Vec<String>, Option<String>)> {
+    let has_transport = |a: &str| TRANSPORTS.iter().any(|t| a.starts_with(t));
+    if let [source, name] = args {
+        if !has_transport(name) {
+            if name_opt.is_some() {
+                bail!("pull: the name is given twice ({name:?} and --name)");
+            }
+            return Ok((vec![source.clone()], Some(name.clone())));
+        }
+    }
+    if args.len() > 1 && name_opt.is_some() {
+        bail!(
+            "pull: --name names one image, but {} sources were given (each is named after its reference)",
+            args.len()
+        );
+    }
+    Ok((args.to_vec(), name_opt.map(str::to_string)))
+}
+
+/// The name an image of a several-source pull gets: its reference's last path component
+/// with its tag or digest (`docker://host/ns/app:v1` → `app:v1`).
+fn name_of_source(source: &str) -> String {
+    let rest = TRANSPORTS
+        .iter()
+        .find_map(|t| source.strip_prefix(t))
+        .unwrap_or(source)
+        .trim_start_matches('/');
+    let last = rest.rsplit('/').next().unwrap_or(rest);
+    let last = last.rsplit(['+', ']']).next().unwrap_or(last);
+    if last.is_empty() {
+        rest.to_string()
+    } else {
+        last.to_string()
+    }
+}
+
+fn pull_options(
+    g: &Global,
+    source: &str,
+    platform: Option<PlatformSpec>,
+    full: bool,
+    progress: Option<indicatif::MultiProgress>,
+    reg: &RegistryArgs,
+) -> Result<PullOptions> {
     let registry = if source.starts_with("docker:") {
         Some(reg.client(g, progress.as_ref())?)
     } else {
         None
     };
-    let opts = PullOptions {
-        platform: platform.map(PlatformSpec::parse).transpose()?,
+    let on_wait = (g.verbose && !g.quiet).then(|| {
+        let (mp, source) = (progress.clone(), source.to_string());
+        WaitHook(std::sync::Arc::new(
+            move |digest: &str, pid: Option<u32>| {
+                let line = format!(
+                    "strata: {source}: {}",
+                    crate::oci::import::waiting_line(digest, pid)
+                );
+                match &mp {
+                    Some(mp) => {
+                        let _ = mp.println(line);
+                    }
+                    None => eprintln!("{line}"),
+                }
+            },
+        ))
+    });
+    Ok(PullOptions {
+        platform,
         progress,
         registry,
         jobs: reg.jobs.map(|j| j as usize),
         full,
         shared: Default::default(),
-    };
-    let r = do_pull(&repo, source, name, &opts).with_context(|| format!("pull {source}"))?;
-    if g.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!("{}", r.image_id);
-        if !g.quiet {
-            for p in &r.partial {
-                eprintln!(
-                    "strata: layer {}: {}",
-                    p.digest,
-                    crate::oci::import::partial_message(&p.stats)
-                );
-            }
-            for f in &r.full_pulls {
-                eprintln!("strata: layer {}: pulled fully: {}", f.digest, f.why);
-            }
-        }
-        if g.verbose || (!g.quiet && r.already_present) {
+        on_wait,
+    })
+}
+
+fn print_summary(g: &Global, r: &PullReport) {
+    if !g.quiet {
+        for p in &r.partial {
             eprintln!(
-                "strata: {}: {} layers imported, {} reused, {} new objects ({} bytes) in {:.2} s{}",
-                r.manifest_digest,
-                r.layers_imported,
-                r.layers_reused,
-                r.objects_written,
-                r.bytes_written,
-                r.seconds,
-                if r.already_present {
-                    " (already present)"
-                } else {
-                    ""
-                }
+                "strata: layer {}: {}",
+                p.digest,
+                crate::oci::import::partial_message(&p.stats)
             );
-            if let Some(n) = &r.network {
-                eprintln!(
-                    "strata: {} bytes fetched in {} requests ({} retries, {} resumed transfers)",
-                    n.bytes_fetched, n.requests, n.retries, n.resumes
-                );
-            }
+        }
+        for f in &r.full_pulls {
+            eprintln!("strata: layer {}: pulled fully: {}", f.digest, f.why);
         }
     }
-    Ok(())
+    if !(g.verbose || (!g.quiet && r.already_present)) {
+        return;
+    }
+    eprintln!(
+        "strata: {}: {} layers imported, {} reused, {} new objects ({} bytes) in {:.2} s{}",
+        r.manifest_digest,
+        r.layers_imported,
+        r.layers_reused,
+        r.objects_written,
+        r.bytes_written,
+        r.seconds,
+        if r.already_present {
+            " (already present)"
+        } else {
+            ""
+        }
+    );
+    if r.layers_from_other_pulls > 0 || r.bytes_from_other_pulls > 0 {
+        eprintln!(
+            "strata: {} layers ({} bytes) obtained from other pulls",
+            r.layers_from_other_pulls, r.bytes_from_other_pulls
+        );
+    }
+    if let Some(n) = &r.network {
+        eprintln!(
+            "strata: {} bytes fetched in {} requests ({} retries, {} resumed transfers)",
+            n.bytes_fetched, n.requests, n.retries, n.resumes
+        );
+    }
 }
 
 fn oci_info(repo: &Repository, name: &str) -> Result<(Digest, OciInfo)> {
@@ -300,4 +449,26 @@ fn export_registry(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{name_of_source, split_pull_args};
+
+    #[test]
+    fn pull_arguments() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (s, n) = split_pull_args(&v(&["docker://h/app:v1", "app"]), None).unwrap();
+        assert_eq!((s.len(), n.as_deref()), (1, Some("app")));
+        let (s, n) = split_pull_args(&v(&["docker://h/a:1", "oci:/l:b"]), None).unwrap();
+        assert_eq!((s.len(), n), (2, None));
+        let e = split_pull_args(&v(&["docker://h/a:1", "oci:/l:b"]), Some("x")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pull: --name names one image, but 2 sources were given (each is named after its reference)"
+        );
+        assert_eq!(name_of_source("docker://h:5000/ns/app:v1"), "app:v1");
+        assert_eq!(name_of_source("oci:/srv/layouts/debian:12"), "debian:12");
+        assert_eq!(name_of_source("docker://h/app@sha256:ab"), "app@sha256:ab");
+    }
 }

@@ -13,9 +13,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::error::SourceError;
+pub use super::fetch_progress::waiting_line;
 use super::manifest::{self, PlatformSpec, ResolvedImage};
 use super::source::{self as src_mod, ImageSource};
-use super::{splitstream, ImageRef, LayerEntry, LayerError};
+use super::{fetch, fetch_progress, splitstream, ImageRef, LayerEntry, LayerError};
 use crate::fsverity::Digest;
 use crate::repo::{Record, RepoError, Repository};
 use crate::tree::layers::{ApplyError, LayeredTree};
@@ -80,6 +81,11 @@ pub struct PullReport {
     pub objects_written: u64,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// Layers this pull did not fetch because another pull (another process, or another
+    /// image of the same command) fetched them meanwhile, and their blob bytes plus the
+    /// bytes of partial downloads taken over from pulls that died.
+    pub layers_from_other_pulls: usize,
+    pub bytes_from_other_pulls: u64,
     /// Network figures for registry sources: requests, bytes fetched, retries, resumes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::registry::StatsSnapshot>,
@@ -121,6 +127,21 @@ pub struct PullOptions {
     /// Shared by the layers of the pull (and of several pulls in one process): contents
     /// being fetched, what the registry accepts.
     pub shared: super::partial::Shared,
+    /// Told when a layer waits for another pull's claim (digest, holder's pid).
+    pub on_wait: Option<WaitHook>,
+}
+
+/// A callback for layers that wait for another pull: `(blob digest, holder's pid)`.
+#[derive(Clone)]
+pub struct WaitHook(pub std::sync::Arc<WaitFn>);
+
+/// See [`WaitHook`].
+pub type WaitFn = dyn Fn(&str, Option<u32>) + Send + Sync;
+
+impl std::fmt::Debug for WaitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitHook")
+    }
 }
 
 /// Counts the (compressed) bytes read through it into a layer's bar and the total.
@@ -286,6 +307,8 @@ pub fn pull(
                 objects_written: 0,
                 bytes_written: 0,
                 seconds: t0.elapsed().as_secs_f64(),
+                layers_from_other_pulls: 0,
+                bytes_from_other_pulls: 0,
                 network: network(),
                 partial: Vec::new(),
                 full_pulls: Vec::new(),
@@ -304,7 +327,7 @@ pub fn pull(
         }
     };
     stage("resolved");
-    let results = import_layers(repo, src, &img, opts)?;
+    let (results, from_others) = import_layers(repo, src, &img, opts)?;
     stage("layers imported");
     let mut tree = LayeredTree::new();
     for (layer, res) in img.layers.iter().zip(&results) {
@@ -423,6 +446,8 @@ pub fn pull(
         objects_written,
         bytes_written,
         seconds: t0.elapsed().as_secs_f64(),
+        layers_from_other_pulls: from_others.0,
+        bytes_from_other_pulls: from_others.1,
         network: network(),
         partial: img
             .layers
@@ -450,13 +475,14 @@ pub fn pull(
 }
 
 /// Imports (or reuses) every layer, in parallel. Layers that appear twice
-/// are processed once.
+/// are processed once; layers another pull is fetching are set aside until it is done
+/// (see `fetch.rs`). Also returns the layers and bytes obtained from other pulls.
 fn import_layers(
     repo: &Repository,
     src: &dyn ImageSource,
     img: &ResolvedImage,
     opts: &PullOptions,
-) -> Result<Vec<LayerResult>, PullError> {
+) -> Result<(Vec<LayerResult>, (usize, u64)), PullError> {
     let progress = opts.progress.as_ref();
     let mut unique: Vec<usize> = Vec::new();
     for (i, l) in img.layers.iter().enumerate() {
@@ -485,30 +511,23 @@ fn import_layers(
             .map_or(2, |n| n.get())
             .clamp(2, 4)
     }));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<(usize, Result<LayerResult, PullError>)>> =
-        Default::default();
-    std::thread::scope(|s| {
-        for _ in 0..lanes {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = unique.get(k) else { break };
-                let r = import_one(repo, src, &img.layers[i], opts, &total);
-                let failed = r.is_err();
-                results
-                    .lock()
-                    .expect("no panics while holding")
-                    .push((i, r));
-                if failed {
-                    // Stop handing out more layers; running ones finish.
-                    next.store(unique.len(), std::sync::atomic::Ordering::Relaxed);
-                }
-            });
-        }
-    });
+    let coop = fetch::Coop::default();
+    let waiting = fetch_progress::Waiting::new(progress, opts.on_wait.clone());
+    let results = fetch::run_queue(
+        &unique,
+        lanes,
+        |i| {
+            let r = import_one(repo, src, &img.layers[i], opts, &total, &coop);
+            if !matches!(r, Ok(fetch::Outcome::Busy { .. })) {
+                waiting.done(i);
+            }
+            r
+        },
+        |i, pid| waiting.busy(i, &img.layers[i], pid),
+    );
     total.finish();
     let mut done: Vec<(usize, LayerResult)> = Vec::new();
-    let mut results = results.into_inner().expect("no panics while holding");
+    let mut results = results;
     results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
         done.push((i, r?));
@@ -527,7 +546,21 @@ fn import_layers(
             full_why: r.full_why.clone(),
         });
     }
-    Ok(out)
+    // Layers missing at the start that this pull did not import: another pull did.
+    let others: Vec<&LayerResult> = to_fetch
+        .iter()
+        .filter_map(|&i| done.iter().find(|(j, _)| *j == i).map(|(_, r)| r))
+        .filter(|r| !r.imported)
+        .collect();
+    let bytes = to_fetch
+        .iter()
+        .filter(|&&i| done.iter().any(|(j, r)| *j == i && !r.imported))
+        .map(|&i| img.layers[i].size)
+        .sum::<u64>()
+        + coop
+            .resumed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+    Ok((out, (others.len(), bytes)))
 }
 
 fn import_one(
@@ -536,23 +569,13 @@ fn import_one(
     layer: &super::LayerDesc,
     opts: &PullOptions,
     total: &indicatif::ProgressBar,
-) -> Result<LayerResult, PullError> {
+    coop: &fetch::Coop,
+) -> Result<fetch::Outcome<LayerResult>, PullError> {
+    use fetch::Outcome::Done;
     let progress = opts.progress.as_ref();
     let diff = hex_of(&layer.diff_id);
     if let Some(ss) = repo.get_ref("layers", diff) {
-        let bytes = repo.read_object(&ss)?;
-        let entries =
-            splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
-                layer: layer.diff_id.clone(),
-                source: Box::new(source),
-            })?;
-        return Ok(LayerResult {
-            splitstream: ss,
-            entries,
-            imported: false,
-            partial: None,
-            full_why: None,
-        });
+        return stored_layer(repo, layer, ss).map(Done);
     }
     if let Some(local) = src.open_local_layer(layer)? {
         let imported = splitstream::import_layer_from(local, repo.objects())
@@ -561,13 +584,20 @@ fn import_one(
             .objects()
             .add_bytes(&imported.splitstream)
             .map_err(RepoError::from)?;
-        return Ok(LayerResult {
+        return Ok(Done(LayerResult {
             splitstream: ss,
             entries: imported.entries,
             imported: true,
             partial: None,
             full_why: None,
-        });
+        }));
+    }
+    let claim = match fetch::claim(repo, &layer.digest)? {
+        crate::repo::claims::Claimed::Mine(g) => g,
+        crate::repo::claims::Claimed::Busy { pid } => return Ok(fetch::Outcome::Busy { pid }),
+    };
+    if let Some(ss) = repo.get_ref("layers", diff) {
+        return stored_layer(repo, layer, ss).map(Done);
     }
     let bar = layer_bar(progress, layer);
     let mut full_why = None;
@@ -586,14 +616,16 @@ fn import_one(
                     .map_err(RepoError::from)?;
                 // The bytes not fetched count as done in the total.
                 total.inc(layer.size.saturating_sub(stats.bytes_fetched));
+                fetch::publish_layer(repo, diff, &ss)?;
+                drop(claim);
                 bar.finish_with_message(partial_message(&stats));
-                return Ok(LayerResult {
+                return Ok(Done(LayerResult {
                     splitstream: ss,
                     entries: imported.entries,
                     imported: true,
                     partial: Some(stats),
                     full_why: None,
-                });
+                }));
             }
             super::partial::Outcome::Full { why } => full_why = why,
             super::partial::Outcome::Whole { stream, why } => {
@@ -606,7 +638,7 @@ fn import_one(
     }
     let raw: Box<dyn Read + Send> = match whole {
         Some(stream) => Box::new(stream),
-        None => src.open_raw_blob(&layer.digest, layer.size)?,
+        None => fetch::open_claimed(src, &layer.digest, layer.size, &claim, coop)?,
     };
     let raw = Counted {
         inner: raw,
@@ -635,16 +667,38 @@ fn import_one(
         .objects()
         .add_bytes(&imported.splitstream)
         .map_err(RepoError::from)?;
+    fetch::publish_layer(repo, diff, &ss)?;
+    drop(claim);
     bar.finish_with_message(format!(
         "{} files, {} new objects",
         imported.stats.entries, imported.stats.objects_written
     ));
-    Ok(LayerResult {
+    Ok(Done(LayerResult {
         splitstream: ss,
         entries: imported.entries,
         imported: true,
         partial: None,
         full_why,
+    }))
+}
+
+/// A layer already in the repository: its entries from its splitstream.
+fn stored_layer(
+    repo: &Repository,
+    layer: &super::LayerDesc,
+    ss: Digest,
+) -> Result<LayerResult, PullError> {
+    let bytes = repo.read_object(&ss)?;
+    let entries = splitstream::read_entries(&bytes).map_err(|source| PullError::Splitstream {
+        layer: layer.diff_id.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(LayerResult {
+        splitstream: ss,
+        entries,
+        imported: false,
+        partial: None,
+        full_why: None,
     })
 }
 

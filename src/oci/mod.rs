@@ -9,6 +9,8 @@ pub use splitstream::{cat, import_layer, object_refs, read_entries, ImportStats,
 pub use tar::LayerError;
 pub mod containers_storage;
 pub mod error;
+pub(crate) mod fetch;
+mod fetch_progress;
 pub mod import;
 pub mod layout;
 pub mod layout_writer;

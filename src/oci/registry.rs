@@ -67,6 +67,15 @@ impl ImageSource for RegistrySource {
         Ok(Box::new(self.image.open_blob(digest, size)?))
     }
 
+    fn open_raw_blob_at(
+        &self,
+        digest: &str,
+        size: u64,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        Ok(Box::new(self.image.open_blob_at(digest, size, offset)?))
+    }
+
     fn cheap_to_reread(&self) -> bool {
         false
     }

@@ -53,6 +53,23 @@ pub trait ImageSource: Send + Sync {
     fn fetch_manifest(&self, digest: &str, size: Option<u64>) -> Result<Vec<u8>, SourceError>;
     /// A blob's bytes, `size` of them expected. Not verified here.
     fn open_raw_blob(&self, digest: &str, size: u64) -> Result<Box<dyn Read + Send>, SourceError>;
+    /// A blob's bytes from `offset` on (a resumed download). By default the blob is read
+    /// from its start and the first `offset` bytes skipped; registries ask for a range.
+    fn open_raw_blob_at(
+        &self,
+        digest: &str,
+        size: u64,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        let mut r = self.open_raw_blob(digest, size)?;
+        let skipped = std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+            .map_err(SourceError::from_io)?;
+        if skipped < offset {
+            // Shorter than the part already held: the verifier reports the wrong size.
+            return Ok(Box::new(std::io::empty()));
+        }
+        Ok(r)
+    }
     /// Whether reading a blob again is cheap (local files), so that a failed layer can be
     /// re-read to name the real cause. Network sources say no.
     fn cheap_to_reread(&self) -> bool {

@@ -280,15 +280,29 @@ impl ImageClient {
     /// with `Range` from where it stopped (restarting from zero only where the registry
     /// ignores `Range`). `size` is the descriptor's size: reading stops there.
     pub fn open_blob(&self, digest: &str, size: u64) -> Result<BlobStream, RegistryError> {
+        self.open_blob_at(digest, size, 0)
+    }
+
+    /// Like [`open_blob`](Self::open_blob), from byte `offset` (`Range: bytes=offset-`):
+    /// for a download resumed from bytes the caller already holds. The stream yields the
+    /// blob's bytes from `offset` on.
+    pub fn open_blob_at(
+        &self,
+        digest: &str,
+        size: u64,
+        offset: u64,
+    ) -> Result<BlobStream, RegistryError> {
         let mut s = BlobStream {
             image: self.clone(),
             digest: digest.to_string(),
             size,
-            pos: 0,
+            pos: offset,
             body: None,
             resumes: 0,
         };
-        s.open_at(0)?;
+        if offset < size {
+            s.open_at(offset)?;
+        }
         Ok(s)
     }
 

@@ -2,7 +2,11 @@
 //!
 //! Runs under the exclusive repository lock, so no writer is between writing
 //! objects and the ref that will reference them: every writer holds the
-//! shared lock from its first object to its last ref.
+//! shared lock from its first object to its last ref. That includes pulls
+//! waiting for another pull's claim: they hold the shared lock while they wait,
+//! so the layer a claim holder publishes cannot be collected before the waiter
+//! records it. Fetch claims and partial downloads (`claims/`) are all stale
+//! under the exclusive lock (only pulls hold claims), and are removed here.
 //!
 //! Roots: every image a name (`refs/images/`) reaches, every image in
 //! `in_use` (mounted, booted) and every image with a deployment record
@@ -27,6 +31,8 @@ pub struct GcReport {
     pub refs_removed: u64,
     /// Content-index entries whose object was removed.
     pub index_entries_removed: u64,
+    /// Stale claim files and partial downloads of dead pulls removed.
+    pub claim_files_removed: u64,
     /// Images kept only because they are mounted or booted.
     pub images_in_use: u64,
     /// Images kept only because a deployment record names them.
@@ -151,6 +157,7 @@ impl Repository {
             }
         }
         if !dry_run {
+            report.claim_files_removed = self.claims().remove_all()?;
             self.objects.sync()?;
             // Content-index entries of the objects just removed.
             report.index_entries_removed = self.content_index().prune_dangling()?;

@@ -7,6 +7,7 @@
 //! REPO/refs/images/<name>        symlink → ../../images/<image id> (GC roots)
 //! REPO/deployments/<image id>.json  deployment records (GC roots; see deployments.rs)
 //! REPO/tmp/                      staging; cleaned when the repository is opened alone
+//! REPO/claims/<alg>-<hex>[.partial|.sums]  fetch claims and partial downloads (claims.rs)
 //! REPO/lock                      flock: shared for readers and writers, exclusive for gc
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! are flushed (one `syncfs`) before any ref that needs them is written, so a
 //! crash at any moment leaves a consistent repository.
 
+pub mod claims;
 pub mod deployments;
 pub mod fsck;
 pub mod gc;
@@ -295,6 +297,11 @@ impl Repository {
 
     pub fn objects(&self) -> &ObjectDir {
         &self.objects
+    }
+
+    /// The fetch claims of this repository (see [`claims`]).
+    pub fn claims(&self) -> claims::Claims {
+        claims::Claims::new(self.root.join("claims"))
     }
 
     /// Converts the lock held (e.g. to exclusive for gc).

@@ -59,6 +59,9 @@ pub enum FaultKind {
     /// Answer this status (e.g. 400, 416) to requests asking for several ranges; others
     /// are forwarded.
     MultiRangeStatus(u16),
+    /// Send the response body at about this many bytes per second (small writes, each
+    /// flushed), so that a client's download is slow and little is in flight.
+    Throttle(u64),
 }
 
 impl FaultKind {
@@ -74,6 +77,7 @@ impl FaultKind {
             FaultKind::FlipByteRanged(o) => format!("FlipByteRanged({o})"),
             FaultKind::ReplaceRanged(o, b) => format!("ReplaceRanged({o}, {} bytes)", b.len()),
             FaultKind::MultiRangeStatus(s) => format!("MultiRangeStatus({s})"),
+            FaultKind::Throttle(r) => format!("Throttle({r})"),
         }
     }
 }
@@ -434,6 +438,7 @@ impl Shared {
         let mut flip = None;
         let mut flip_ranged = None;
         let mut replace_ranged = None;
+        let mut throttle = None;
         for f in &faults {
             if let FaultKind::Delay(ms) = f {
                 thread::sleep(Duration::from_millis(*ms));
@@ -470,6 +475,7 @@ impl Shared {
                     let body = b"injected: multi-range requests are not supported\n";
                     return answer(rd, wr, *code, &[], body);
                 }
+                FaultKind::Throttle(r) => throttle = Some((*r).max(1)),
             }
         }
 
@@ -609,6 +615,20 @@ impl Shared {
                 if off >= abs && off < abs + n as u64 {
                     piece.to_mut()[(off - abs) as usize] ^= 0xff;
                 }
+            }
+            if let Some(rate) = throttle {
+                for part in piece.chunks(8192) {
+                    if chunked_resp {
+                        write_chunk(wr, part)?;
+                    } else {
+                        wr.write_all(part)?;
+                    }
+                    wr.flush()?;
+                    self.update(idx, |r| r.body_bytes += part.len() as u64);
+                    thread::sleep(Duration::from_micros(part.len() as u64 * 1_000_000 / rate));
+                }
+                pos += n as u64;
+                return Ok(!stopped);
             }
             self.update(idx, |r| r.body_bytes += n as u64);
             if chunked_resp {
