@@ -924,3 +924,132 @@ fn non_chunked_layers_and_full_pulls_fetch_whole_blobs() {
     assert!(tars[0] == w.tars.b);
     fsck_clean(&w.env, &repo);
 }
+
+/// The newer zstd:chunked form (Debian 13's skopeo, with a tar-split): a squashed copy of
+/// pulled layers fetches its TOC and tar-split and nothing else — no header frames, no
+/// files — and ends in the same image and bytes as a full pull.
+#[test]
+fn the_newer_form_fetches_only_its_toc_and_tar_split() {
+    if skip() {
+        return;
+    }
+    let Some(()) = common::registry::skopeo_v2_ready() else {
+        return;
+    };
+    let w = world("newer");
+    for tag in ["a", "s"] {
+        common::registry::skopeo_v2_copy(
+            &format!("oci:{}:{tag}", w.layout.display()),
+            &w.reg.docker_ref(&format!("t/{tag}2:v1")),
+            &[
+                "--dest-tls-verify=false",
+                "--dest-compress",
+                "--dest-compress-format",
+                "zstd:chunked",
+            ],
+        );
+    }
+    let layers = remote_layers(&w.reg, "t/s2", "v1");
+    assert_eq!(layers.len(), 1);
+    let s2 = &layers[0];
+    let m = remote_manifest(&w.reg.host(), "t/s2", "v1");
+    let ann = &m["layers"][0]["annotations"];
+    let ts: Vec<u64> = ann["io.github.containers.zstd-chunked.tarsplit-position"]
+        .as_str()
+        .expect("the newer form has a tar-split")
+        .split(':')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let repo = w.repo("repo");
+    let v = w
+        .env
+        .pull(&repo, &w.reg.docker_ref("t/a2:v1"), &["a2", "--full"]);
+    assert!(arr(&v, "partial").is_empty(), "{v}");
+
+    w.proxy.reset_stats();
+    let v = w.env.pull(
+        &repo,
+        &format!("docker://{}/t/s2:v1", w.proxy.host()),
+        &["s2"],
+    );
+    let p = only_partial(&v);
+    eprintln!("partial: {p:#}");
+    assert_eq!(p["format"], "zstd:chunked with tar-split");
+    assert_eq!(
+        u(p, "header_bytes"),
+        0,
+        "headers come from the tar-split: {p}"
+    );
+    assert_eq!(u(p, "tar_split_bytes"), ts[1], "{p}");
+    assert_eq!(u(p, "files_fetched"), 0, "{p}");
+    assert_eq!(
+        u(p, "files_reused"),
+        345,
+        "s's non-empty regular files: {p}"
+    );
+    // TOC + tar-split, plus the 8-byte skippable-frame header between them at most.
+    let ideal = u(p, "toc_bytes") + u(p, "tar_split_bytes");
+    assert!(
+        u(p, "bytes_fetched") >= ideal && u(p, "bytes_fetched") <= ideal + 8,
+        "fetched {} vs TOC + tar-split {ideal}",
+        u(p, "bytes_fetched")
+    );
+    let sent = w.proxy.bytes_sent_for(&s2.digest);
+    assert!(
+        sent <= ideal + 1024,
+        "sent {sent} B for the blob, TOC + tar-split = {ideal} B"
+    );
+    let (full_id, full_repo) = {
+        let repo = w.repo("full-s2");
+        let v = w
+            .env
+            .pull(&repo, &w.reg.docker_ref("t/s2:v1"), &["s2", "--full"]);
+        (image_id(&v), repo)
+    };
+    assert_eq!(image_id(&v), full_id, "partial vs full pull of s2");
+    let partial_tar = layer_tars(&w.env, &repo, "s2");
+    assert!(partial_tar[0] == layer_tars(&w.env, &full_repo, "s2")[0]);
+    assert!(
+        partial_tar[0] == w.tars.s,
+        "layer cat differs from the layout's tar"
+    );
+    fsck_clean(&w.env, &repo);
+}
+
+/// eStargz layers are recognised and pulled fully, saying why once; the image is right.
+#[test]
+fn estargz_layers_are_pulled_fully_saying_why() {
+    if skip() {
+        return;
+    }
+    let Some(()) = common::registry::estargz_ready() else {
+        return;
+    };
+    let env = Env::new();
+    let layout = env.path().join("esgz");
+    let img = common::registry::make_estargz_layout(
+        &layout,
+        &common::registry::TestImage::single("e"),
+        &[],
+    );
+    let reg = Registry::plain();
+    skopeo_copy(
+        &format!("oci:{}:e", layout.display()),
+        &reg.docker_ref("t/e:v1"),
+        &["--dest-tls-verify=false", "--preserve-digests"],
+    );
+    let repo = env.path().join("repo");
+    let v = env.pull(&repo, &reg.docker_ref("t/e:v1"), &["e"]);
+    assert!(arr(&v, "partial").is_empty(), "{v}");
+    let full = arr(&v, "full_pulls");
+    assert_eq!(full.len(), img.layers.len(), "{v}");
+    assert!(full[0]["why"].as_str().unwrap().contains("eStargz"), "{v}");
+    let oci_repo = env.path().join("oci");
+    let src = format!("oci:{}:e", layout.display());
+    assert_eq!(image_id(&v), image_id(&env.pull(&oci_repo, &src, &["e"])));
+    let tars = layer_tars(&env, &repo, "e");
+    for (t, l) in tars.iter().zip(&img.layers) {
+        assert!(t == &l.tar, "layer cat differs from the eStargz tar");
+    }
+    fsck_clean(&env, &repo);
+}

@@ -734,6 +734,9 @@ impl super::partial::Progress for BarProgress {
         self.bar.inc(bytes);
         self.total.inc(bytes);
     }
+    fn waiting(&self, key: &str, pid: Option<u32>) {
+        self.bar.set_message(waiting_line(key, pid));
+    }
 }
 
 /// After a layer failed to decode: a corrupt blob (wrong digest or size)

@@ -63,6 +63,10 @@ pub struct PartialStats {
     pub bytes_reused: u64,
     /// Range requests made.
     pub requests: u64,
+    /// Files whose contents another pull (process) fetched while this one waited, and
+    /// their uncompressed size.
+    pub files_from_other_pulls: u64,
+    pub bytes_from_other_pulls: u64,
 }
 
 /// Why a partial pull failed.
@@ -228,6 +232,8 @@ pub enum Content {
 pub trait Progress: Sync {
     fn planned(&self, bytes: u64);
     fn fetched(&self, bytes: u64);
+    /// Waiting for another pull (process `pid`) to fetch the contents `key`.
+    fn waiting(&self, _key: &str, _pid: Option<u32>) {}
 }
 
 /// Pulls `layer` partially if it is seekable and enough of it is already here.
@@ -327,7 +333,7 @@ pub fn pull_layer(
     };
     stage("fetched");
     // Contents other layers of this pull were fetching.
-    let Some(contents) = plan::settle(repo, &toc, plan, contents, shared) else {
+    let Some(contents) = plan::settle(repo, &toc, plan, contents, shared, progress) else {
         return Ok(Outcome::Full {
             why: Some("another layer of this pull failed to fetch shared contents".into()),
         });
@@ -337,6 +343,12 @@ pub fn pull_layer(
         .iter()
         .filter(|f| !contents.fetched_here.contains(&f.sha256))
         .count() as u64;
+    for f in &toc.files {
+        if contents.from_other_pulls.contains(&f.sha256) {
+            stats.files_from_other_pulls += 1;
+            stats.bytes_from_other_pulls += f.size;
+        }
+    }
     stats.bytes_reused = toc
         .files
         .iter()

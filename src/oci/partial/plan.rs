@@ -18,6 +18,7 @@ use super::{wait, Content, ContentClaim, PartialError, Shared, Slot};
 use crate::oci::tar::INLINE_MAX;
 use crate::oci::toc::{Headers, LayerToc, Sha256Sum};
 use crate::oci::EntryData;
+use crate::repo::claims::{ClaimGuard, Claimed};
 use crate::repo::Repository;
 
 /// One byte range of the blob to fetch.
@@ -36,10 +37,19 @@ pub struct Plan {
     pub items: Vec<(Item, u64, u64)>,
     /// Contents already available.
     pub have: HashMap<Sha256Sum, Content>,
-    /// Claims on the contents this layer fetches.
-    pub claims: HashMap<Sha256Sum, ContentClaim>,
+    /// Claims on the contents this layer fetches: in this process, and in the
+    /// repository (so that other pulls wait for them too).
+    pub claims: HashMap<Sha256Sum, (ContentClaim, ClaimGuard)>,
     /// Contents another layer of this pull is fetching.
     pub waits: Vec<(Sha256Sum, Arc<Slot>)>,
+    /// Contents another process is fetching (their in-process claims are held here, so
+    /// that this process's other layers wait for the outcome).
+    pub other_pulls: Vec<(Sha256Sum, ContentClaim, Option<u32>)>,
+}
+
+/// The repository claim key of a content.
+pub fn claim_key(sha: &Sha256Sum) -> String {
+    format!("sha256:{}", hex::encode(sha))
 }
 
 impl Plan {
@@ -107,8 +117,10 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
         have.insert(k, Content::Inline(v));
     }
     let mut items = Vec::new();
-    let mut claims: HashMap<Sha256Sum, ContentClaim> = HashMap::new();
+    let mut claims: HashMap<Sha256Sum, (ContentClaim, ClaimGuard)> = HashMap::new();
     let mut waits = Vec::new();
+    let mut other_pulls = Vec::new();
+    let repo_claims = repo.claims();
     let mut seen: HashSet<Sha256Sum> = HashSet::new();
     let gaps = toc.headers == Headers::Gaps;
     let mut prev_end = 0u64;
@@ -121,10 +133,13 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
             continue;
         }
         match shared.claim(&f.sha256) {
-            Ok(c) => {
-                claims.insert(f.sha256, c);
-                items.push((Item::File(i), f.start, f.end));
-            }
+            Ok(c) => match repo_claims.try_claim(&claim_key(&f.sha256))? {
+                Claimed::Mine(g) => {
+                    claims.insert(f.sha256, (c, g));
+                    items.push((Item::File(i), f.start, f.end));
+                }
+                Claimed::Busy { pid } => other_pulls.push((f.sha256, c, pid)),
+            },
             Err(slot) => waits.push((f.sha256, slot)),
         }
     }
@@ -136,6 +151,7 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
         have,
         claims,
         waits,
+        other_pulls,
     })
 }
 
@@ -144,6 +160,8 @@ pub struct Contents {
     pub map: HashMap<Sha256Sum, Content>,
     /// Contents this layer fetched itself.
     pub fetched_here: HashSet<Sha256Sum>,
+    /// Contents another process fetched while this pull waited.
+    pub from_other_pulls: HashSet<Sha256Sum>,
 }
 
 /// After this layer's own fetches: releases its claims, takes up what other layers
@@ -155,19 +173,60 @@ pub fn settle(
     plan: Plan,
     fetched: HashMap<Sha256Sum, Content>,
     shared: &Shared,
+    progress: &dyn super::Progress,
 ) -> Option<Contents> {
+    let mut from_other_pulls = HashSet::new();
     let Plan {
         have,
         claims,
         waits,
+        other_pulls,
         ..
     } = plan;
-    for (sha, c) in claims {
+    for (sha, (c, g)) in claims {
+        // The object is stored and indexed (or not fetched): release the repository
+        // claim first, so that other pulls find the result when they see it released.
+        drop(g);
         c.finish(fetched.contains_key(&sha));
     }
     let fetched_here: HashSet<Sha256Sum> = fetched.keys().copied().collect();
     let mut map = have;
     map.extend(fetched);
+    // Contents other processes were fetching: wait for their claims, then look again.
+    let repo_claims = repo.claims();
+    for (sha, c, pid) in other_pulls {
+        let f = toc.files.iter().find(|f| f.sha256 == sha)?;
+        progress.waiting(&claim_key(&sha), pid);
+        let found = || {
+            if f.size > INLINE_MAX {
+                repo.content_index()
+                    .lookup(&sha, f.size)
+                    .map(Content::Object)
+            } else {
+                None
+            }
+        };
+        let got = repo_claims
+            .wait(
+                &claim_key(&sha),
+                std::time::Duration::from_millis(50),
+                || found().is_some(),
+                |_| {},
+            )
+            .ok()
+            .and_then(|guard| match guard {
+                None => found(),
+                Some(_g) => found(), // the other pull died or failed: not there
+            });
+        c.finish(got.is_some());
+        match got {
+            Some(content) => {
+                from_other_pulls.insert(sha);
+                map.insert(sha, content);
+            }
+            None => return None,
+        }
+    }
     for (sha, slot) in waits {
         if !wait(&slot) {
             return None;
@@ -182,5 +241,9 @@ pub fn settle(
         };
         map.insert(sha, found?);
     }
-    Some(Contents { map, fetched_here })
+    Some(Contents {
+        map,
+        fetched_here,
+        from_other_pulls,
+    })
 }
