@@ -80,6 +80,13 @@ enum Command {
     /// against its digest and size, every layer against its diff_id; nothing is tagged
     /// unless everything verifies. An image already present costs one manifest request
     /// (none when named by digest).
+    ///
+    /// zstd:chunked layers on a registry are pulled partially: their table of contents is
+    /// fetched, files the repository already holds (found by the sha256 of their contents)
+    /// are reused, and only the missing files' byte ranges are fetched; the rebuilt layer
+    /// must still match its diff_id. `--json` reports what each layer fetched and reused.
+    /// Pulls running at the same time (other processes included) fetch each blob and file
+    /// once: one waits for the other ("waiting for another pull (pid N)").
     #[command(
         after_help = "Examples:\n  strata pull docker://quay.io/fedora/fedora:41 fedora\n  \
                             strata pull docker://127.0.0.1:5000/app@sha256:… --tls-verify=false\n  \
