@@ -368,3 +368,74 @@ pub fn remove_entry(path: &Path) -> Result<(), RepoError> {
         Err(e) => Err(ioe(path, "cannot remove index entry", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsverity::Algorithm;
+
+    fn sha(data: &[u8]) -> Sha256Sum {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn finds_by_hashing_then_by_record_and_survives_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) = Repository::init(&dir.path().join("r"), Algorithm::Sha256, false).unwrap();
+        let a = vec![7u8; 5000];
+        let b = vec![9u8; 5000]; // same size: a candidate too
+        let (da, _) = repo.objects().add_bytes(&a).unwrap();
+        let (db, _) = repo.objects().add_bytes(&b).unwrap();
+        let idx = repo.content_index();
+        assert_eq!(
+            idx.lookup(&sha(&a), 5000),
+            None,
+            "nothing indexed by adding objects"
+        );
+
+        // A miss hashes both same-size objects and records both.
+        let f = idx.find(&[(sha(&a), 5000), ([1; 32], 5000)]).unwrap();
+        assert_eq!(f.objects.get(&sha(&a)), Some(&da));
+        assert_eq!(f.objects.len(), 1, "no object holds the unknown content");
+        assert_eq!(f.hashed, 2);
+        assert_eq!(
+            idx.lookup(&sha(&b), 5000),
+            Some(db),
+            "b recorded while hashing"
+        );
+        // Known now: nothing is hashed again.
+        assert_eq!(idx.find(&[(sha(&a), 5000)]).unwrap().hashed, 0);
+        // The wrong size is not trusted.
+        assert_eq!(idx.lookup(&sha(&a), 4999), None);
+
+        // A torn record at the end of a bucket is ignored, and cut off by the next append.
+        let bucket = idx.bucket(sha(&a)[0]);
+        let len = fs::metadata(&bucket).unwrap().len();
+        let mut f = fs::OpenOptions::new().append(true).open(&bucket).unwrap();
+        std::io::Write::write_all(&mut f, &[0xaa; 10]).unwrap();
+        assert_eq!(idx.lookup(&sha(&a), 5000), Some(da));
+        let c = vec![3u8; 100];
+        let (dc, _) = repo.objects().add_bytes(&c).unwrap();
+        let mut fake = sha(&c);
+        fake[0] = sha(&a)[0]; // same bucket as a
+        idx.insert(&fake, &dc).unwrap();
+        assert_eq!(fs::metadata(&bucket).unwrap().len() % 64, 0);
+        assert_eq!(idx.lookup(&fake, 100), Some(dc));
+        assert!(fs::metadata(&bucket).unwrap().len() >= len + 64);
+
+        // fsck's check: the fake record is wrong; retain drops it and keeps the rest.
+        assert!(matches!(idx.check(&fake, &dc), EntryState::Wrong(_)));
+        assert!(matches!(idx.check(&sha(&a), &da), EntryState::Good));
+        let dropped = idx
+            .retain(|s, d| matches!(idx.check(s, d), EntryState::Good))
+            .unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(idx.lookup(&fake, 100), None);
+        assert_eq!(idx.lookup(&sha(&a), 5000), Some(da));
+
+        // A removed object's record is pruned.
+        fs::remove_file(repo.objects().object_path(&db)).unwrap();
+        assert_eq!(idx.prune_dangling().unwrap(), 1);
+        assert_eq!(idx.entries().len(), 1);
+    }
+}
