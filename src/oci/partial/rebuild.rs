@@ -58,9 +58,76 @@ pub struct Rebuild<'a> {
     objects: &'a ObjectDir,
     pieces: Pieces,
     cur: Cur,
-    hasher: Sha256,
+    hasher: Hasher,
     ended: bool,
     error: Option<PartialError>,
+}
+
+/// Bytes hashed on a thread of their own, in batches, so that hashing overlaps reading.
+struct Hasher {
+    pending: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<Sha256Sum>>,
+}
+
+const HASH_BATCH: usize = 1 << 20;
+
+impl Hasher {
+    fn new() -> Hasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let thread = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for b in rx {
+                h.update(&b);
+            }
+            h.finalize().into()
+        });
+        Hasher {
+            pending: Vec::with_capacity(HASH_BATCH),
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// A hasher with no thread (what is left in a finished stream).
+    fn idle() -> Hasher {
+        Hasher {
+            pending: Vec::new(),
+            tx: None,
+            thread: None,
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        self.pending.extend_from_slice(b);
+        if self.pending.len() >= HASH_BATCH {
+            let full = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(full);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Sha256Sum, String> {
+        let rest = std::mem::take(&mut self.pending);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(rest);
+        }
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| "the hashing thread failed".to_string())
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A tar-split or TOC name, compared without `./`, `/` prefixes or a trailing `/`.
@@ -105,7 +172,7 @@ impl<'a> Rebuild<'a> {
             objects,
             pieces,
             cur: Cur::Empty,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             ended: false,
             error: None,
         })
@@ -124,7 +191,8 @@ impl<'a> Rebuild<'a> {
             Ok(_) => return Err("bytes left after the tar's end".into()),
             Err(e) => return Err(e.to_string()),
         }
-        Ok(self.hasher.finalize().into())
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::idle());
+        hasher.finish()
     }
 
     fn fail(&mut self, why: String) -> io::Error {
