@@ -616,7 +616,7 @@ fn import_one(
                     .map_err(RepoError::from)?;
                 // The bytes not fetched count as done in the total.
                 total.inc(layer.size.saturating_sub(stats.bytes_fetched));
-                fetch::publish_layer(repo, diff, &ss)?;
+                fetch::publish_layer(repo, diff, &ss, &claim)?;
                 drop(claim);
                 bar.finish_with_message(partial_message(&stats));
                 return Ok(Done(LayerResult {
@@ -667,7 +667,7 @@ fn import_one(
         .objects()
         .add_bytes(&imported.splitstream)
         .map_err(RepoError::from)?;
-    fetch::publish_layer(repo, diff, &ss)?;
+    fetch::publish_layer(repo, diff, &ss, &claim)?;
     drop(claim);
     bar.finish_with_message(format!(
         "{} files, {} new objects",

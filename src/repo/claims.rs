@@ -147,9 +147,14 @@ impl Claims {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => {
+                    // Tell the holder that someone waits, so that it publishes its result
+                    // as soon as it has one (see `ClaimGuard::wanted`).
+                    let mut w = path.clone().into_os_string();
+                    w.push(".wanted");
+                    let _ = fs::File::create(PathBuf::from(w));
                     return Ok(Claimed::Busy {
                         pid: read_pid(&file),
-                    })
+                    });
                 }
                 Err(e) => return Err(ioe(&path, "cannot lock claim", e)),
             }
@@ -228,7 +233,7 @@ impl Claims {
         for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".partial") || name.ends_with(".sums") {
+            if name.ends_with(".partial") || name.ends_with(".sums") || name.ends_with(".wanted") {
                 continue;
             }
             let Ok(f) = File::open(e.path()) else {
@@ -252,6 +257,11 @@ fn read_pid(file: &File) -> Option<u32> {
 impl ClaimGuard {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether another pull found this claim taken (and waits for its result).
+    pub fn wanted(&self) -> bool {
+        self.side(".wanted").exists()
     }
 
     fn side(&self, ext: &str) -> PathBuf {
@@ -351,6 +361,7 @@ impl Drop for ClaimGuard {
         // the file releases the claim.
         let _ = fs::remove_file(self.side(".partial"));
         let _ = fs::remove_file(self.side(".sums"));
+        let _ = fs::remove_file(self.side(".wanted"));
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());
     }
