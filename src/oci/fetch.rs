@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::import::PullError;
+use super::pull_error::PullError;
 use super::source::ImageSource;
 use crate::fsverity::Digest;
 use crate::repo::claims::{ClaimGuard, Claimed, PartialWriter};

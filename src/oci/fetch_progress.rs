@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::import::WaitHook;
 use super::LayerDesc;
 
 pub(crate) struct Waiting {
@@ -67,5 +66,18 @@ impl Waiting {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+    }
+}
+
+/// A callback for layers that wait for another pull: `(blob digest, holder's pid)`.
+#[derive(Clone)]
+pub struct WaitHook(pub std::sync::Arc<WaitFn>);
+
+/// See [`WaitHook`].
+pub type WaitFn = dyn Fn(&str, Option<u32>) + Send + Sync;
+
+impl std::fmt::Debug for WaitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitHook")
     }
 }

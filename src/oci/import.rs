@@ -19,34 +19,9 @@ use super::source::{self as src_mod, ImageSource};
 use super::{fetch, fetch_progress, splitstream, ImageRef, LayerEntry, LayerError};
 use crate::fsverity::Digest;
 use crate::repo::{Record, RepoError, Repository};
-use crate::tree::layers::{ApplyError, LayeredTree};
+use crate::tree::layers::LayeredTree;
 
-/// Why a pull failed, naming the layer or blob involved.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error(transparent)]
-    Ref(#[from] super::reference::RefParseError),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("layer {layer}: {source}")]
-    Layer {
-        layer: String,
-        source: Box<LayerError>,
-    },
-    #[error("layer {layer}: {source}")]
-    Apply { layer: String, source: ApplyError },
-    #[error("layer {layer}: stored splitstream unreadable: {source}")]
-    Splitstream {
-        layer: String,
-        source: Box<LayerError>,
-    },
-    #[error(transparent)]
-    Partial(#[from] super::partial::PartialError),
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-    #[error("cannot write image: {0}")]
-    Write(#[from] erofs::WriteError),
-}
+pub use super::pull_error::PullError;
 
 /// One layer as recorded with an imported image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,18 +106,7 @@ pub struct PullOptions {
     pub on_wait: Option<WaitHook>,
 }
 
-/// A callback for layers that wait for another pull: `(blob digest, holder's pid)`.
-#[derive(Clone)]
-pub struct WaitHook(pub std::sync::Arc<WaitFn>);
-
-/// See [`WaitHook`].
-pub type WaitFn = dyn Fn(&str, Option<u32>) + Send + Sync;
-
-impl std::fmt::Debug for WaitHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WaitHook")
-    }
-}
+pub use super::fetch_progress::{WaitFn, WaitHook};
 
 /// Counts the (compressed) bytes read through it into a layer's bar and the total.
 struct Counted<R> {

@@ -17,6 +17,7 @@ pub mod layout_writer;
 pub mod manifest;
 pub mod media;
 pub mod partial;
+pub mod pull_error;
 pub mod push;
 pub mod reference;
 pub mod registry;
