@@ -24,16 +24,7 @@ use common::sandbox::Sandbox as Env;
 use serde_json::Value;
 
 fn skip() -> bool {
-    for tool in ["docker-registry", "skopeo"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
-            return true;
-        }
-    }
-    false
+    common::registry::missing_tools(&["docker-registry", "skopeo"])
 }
 
 /// One layer: a tar with one pseudo-random file of `size` bytes (plus a small one).

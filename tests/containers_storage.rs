@@ -20,20 +20,7 @@ use serde_json::Value;
 
 /// Missing tools make the tests skip, saying so (tools/setup installs them).
 fn skip() -> bool {
-    for tool in ["podman", "skopeo", "docker-registry"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
-            return true;
-        }
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: podman stores with the overlay driver need root here");
-        return true;
-    }
-    false
+    common::registry::missing_tools(&["podman", "skopeo", "docker-registry"])
 }
 
 /// A hermetic environment ([`Sandbox`]) that also runs podman.

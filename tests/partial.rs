@@ -26,16 +26,7 @@ use serde_json::Value;
 
 /// Missing tools make these tests skip, saying so (tools/setup installs them).
 fn skip() -> bool {
-    for tool in ["docker-registry", "skopeo", "curl"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
-            return true;
-        }
-    }
-    false
+    common::registry::missing_tools(&["docker-registry", "skopeo", "curl"])
 }
 
 // ---------------------------------------------------------------------------

@@ -20,16 +20,7 @@ use serde_json::Value;
 
 /// Missing tools make the registry tests skip, saying so (tools/setup installs them).
 fn skip() -> bool {
-    for tool in ["docker-registry", "skopeo", "htpasswd", "openssl", "curl"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
-            return true;
-        }
-    }
-    false
+    common::registry::missing_tools(&["docker-registry", "skopeo", "htpasswd", "openssl", "curl"])
 }
 
 fn image_id(v: &Value) -> String {

@@ -60,6 +60,11 @@ pub fn skopeo_copy_output(src: &str, dst: &str, extra: &[&str]) -> Output {
 /// `skopeo copy`, asserting success (stderr shown otherwise); returns stderr+stdout.
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> String {
     let out = skopeo_copy_output(src, dst, extra);
+    copied(out, &format!("skopeo copy {extra:?} {src} {dst}"))
+}
+
+/// A copy's stdout+stderr, asserting it succeeded (the text is shown otherwise).
+pub fn copied(out: std::process::Output, what: &str) -> String {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -67,10 +72,24 @@ pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> String {
     );
     assert!(
         out.status.success(),
-        "skopeo copy {extra:?} {src} {dst} failed ({}):\n{text}",
+        "{what} failed ({}):\n{text}",
         out.status
     );
     text
+}
+
+/// True (saying which, once) when one of `tools` is not on PATH: tests then skip.
+pub fn missing_tools(tools: &[&str]) -> bool {
+    for tool in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            eprintln!("skipping: {tool} not installed (tools/setup installs it)");
+            return true;
+        }
+    }
+    false
 }
 
 /// What `curl` got.

@@ -134,17 +134,7 @@ pub fn skopeo_v2_copy_output(src: &str, dst: &str, extra: &[&str]) -> Output {
 /// `skopeo copy` with Debian 13's skopeo, asserting success; returns stderr+stdout.
 pub fn skopeo_v2_copy(src: &str, dst: &str, extra: &[&str]) -> String {
     let out = skopeo_v2_copy_output(src, dst, extra);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "skopeo 1.18 copy {extra:?} {src} {dst} failed ({}):\n{text}",
-        out.status
-    );
-    text
+    copied(out, &format!("skopeo 1.18 copy {extra:?} {src} {dst}"))
 }
 
 /// Which zstd:chunked writer: the older form (this machine's skopeo 1.9) or the newer
