@@ -26,6 +26,8 @@ pub const RANGES_PER_REQUEST: usize = 256;
 pub const PARALLEL_REQUESTS: usize = 4;
 /// Largest decompressed run of headers between two files.
 pub const MAX_GAP: u64 = 64 << 20;
+/// Largest total of decompressed header runs kept for one layer.
+pub const MAX_GAPS_TOTAL: u64 = 1 << 30;
 
 /// The TOC and tar-split bytes, or the whole blob.
 pub enum Meta {
@@ -217,6 +219,7 @@ struct Run<'a> {
     contents: Mutex<HashMap<Sha256Sum, Content>>,
     gaps: Mutex<Vec<Option<Vec<u8>>>>,
     stats: Mutex<PartialStats>,
+    gap_bytes: std::sync::atomic::AtomicU64,
     error: Mutex<Option<PartialError>>,
     stop: AtomicBool,
 }
@@ -275,6 +278,13 @@ impl Run<'_> {
             return Err(self.fail(PartialError::Rebuild {
                 layer: self.layer.digest.clone(),
                 why: format!("tar headers before file #{i} exceed {MAX_GAP} bytes"),
+            }));
+        }
+        let total = self.gap_bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > MAX_GAPS_TOTAL {
+            return Err(self.fail(PartialError::Rebuild {
+                layer: self.layer.digest.clone(),
+                why: format!("tar headers exceed {MAX_GAPS_TOTAL} bytes in all"),
             }));
         }
         self.gaps.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(out);
@@ -403,6 +413,7 @@ pub fn fetch_plan(
         contents: Mutex::new(HashMap::new()),
         gaps: Mutex::new(vec![None; n_gaps]),
         stats: Mutex::new(PartialStats::default()),
+        gap_bytes: std::sync::atomic::AtomicU64::new(0),
         error: Mutex::new(None),
         stop: AtomicBool::new(false),
     };

@@ -131,7 +131,8 @@ pub fn decompress(data: &[u8], want: u64, what: &'static str) -> Result<Vec<u8>,
             limit: MAX_UNCOMPRESSED,
         });
     }
-    let mut out = Vec::with_capacity(want as usize);
+    // Grown as the data arrives: the annotation's size is a bound, not a promise.
+    let mut out = Vec::with_capacity(want.min(16 << 20) as usize);
     zstd::stream::read::Decoder::new(data)
         .map_err(TocError::Decompress)?
         .take(want + 1)
