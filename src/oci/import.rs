@@ -570,9 +570,10 @@ fn import_one(
         let p = BarProgress {
             bar: bar.clone(),
             total: total.clone(),
-            layer_size: layer.size,
+            on_wait: opts.on_wait.clone(),
+            told: Default::default(),
         };
-        match super::partial::pull_layer(repo, image, layer, &opts.shared, &p)? {
+        match super::partial::pull_layer(repo, image, layer, &claim, &opts.shared, &p)? {
             super::partial::Outcome::Imported(imported, stats) => {
                 let (ss, _) = repo
                     .objects()
@@ -685,14 +686,15 @@ pub fn partial_message(s: &super::partial::PartialStats) -> String {
 struct BarProgress {
     bar: indicatif::ProgressBar,
     total: indicatif::ProgressBar,
-    layer_size: u64,
+    on_wait: Option<WaitHook>,
+    /// The pulls this layer's hook was told about (once each).
+    told: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl super::partial::Progress for BarProgress {
     fn planned(&self, bytes: u64) {
         self.bar.set_length(bytes);
         self.bar.set_message("partial");
-        let _ = self.layer_size;
     }
     fn fetched(&self, bytes: u64) {
         self.bar.inc(bytes);
@@ -700,6 +702,13 @@ impl super::partial::Progress for BarProgress {
     }
     fn waiting(&self, key: &str, pid: Option<u32>) {
         self.bar.set_message(waiting_line(key, pid));
+        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(h), true) = (&self.on_wait, told.insert(key.to_string())) {
+            (h.0)(key, pid);
+        }
+    }
+    fn waited(&self) {
+        self.bar.set_message("partial");
     }
 }
 

@@ -233,7 +233,17 @@ impl Claims {
         for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".partial") || name.ends_with(".sums") || name.ends_with(".wanted") {
+            if [
+                ".partial",
+                ".sums",
+                ".wanted",
+                ".contents",
+                ".contents-new",
+                ".lock",
+            ]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+            {
                 continue;
             }
             let Ok(f) = File::open(e.path()) else {
@@ -264,7 +274,7 @@ impl ClaimGuard {
         self.side(".wanted").exists()
     }
 
-    fn side(&self, ext: &str) -> PathBuf {
+    pub(crate) fn side(&self, ext: &str) -> PathBuf {
         let mut p = self.path.clone().into_os_string();
         p.push(ext);
         PathBuf::from(p)
@@ -318,6 +328,15 @@ impl ClaimGuard {
     }
 }
 
+#[cfg(test)]
+impl ClaimGuard {
+    /// The holder dies: the lock goes, every file stays.
+    pub(crate) fn die(mut self) {
+        drop(self.file.take());
+        std::mem::forget(self);
+    }
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -362,6 +381,7 @@ impl Drop for ClaimGuard {
         let _ = fs::remove_file(self.side(".partial"));
         let _ = fs::remove_file(self.side(".sums"));
         let _ = fs::remove_file(self.side(".wanted"));
+        super::announce::remove(&self.path);
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());
     }

@@ -15,6 +15,7 @@
 //! are flushed (one `syncfs`) before any ref that needs them is written, so a
 //! crash at any moment leaves a consistent repository.
 
+pub mod announce;
 pub mod claims;
 pub mod deployments;
 pub mod fsck;

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod chunked;
 pub mod registry;
 pub mod sandbox;
 

@@ -11,7 +11,11 @@
 //!    What is left becomes byte ranges: the missing files' frames and, without a
 //!    tar-split, the frames between files (they hold every header and padding byte). If
 //!    that is more than [`FULL_PULL_SHARE`] of the blob, one streamed full pull is
-//!    cheaper and is done instead.
+//!    cheaper and is done instead. Before planning, the layer announces its contents
+//!    beside its blob claim ([`crate::repo::announce`]): contents an earlier concurrent
+//!    pull announced (a different blob with the same files) are left to it and waited
+//!    for, so two pulls of, say, a squashed image and its layered original fetch each
+//!    shared file once.
 //! 3. **Fetch** ([`fetch`]): ranges are coalesced into multi-range requests. A `200` to
 //!    one of them is the whole blob: it is used for a full pull, not fetched again; a `400`
 //!    or `416` halves the ranges per request. Every fetched file is decompressed, its
@@ -36,10 +40,14 @@ use super::splitstream::{self, ImportedLayer};
 use super::toc::{self, chunked, LayerToc, Sha256Sum, TocError};
 use crate::fsverity::Digest;
 use crate::registry::{BlobStream, ImageClient, RegistryError};
+use crate::repo::claims::ClaimGuard;
 use crate::repo::{RepoError, Repository};
 
 /// Above this share of the blob to fetch, a full pull is done instead.
 pub const FULL_PULL_SHARE: f64 = 0.5;
+/// ...unless the files left to other pulls (see [`plan`]) are at least a twentieth of the
+/// blob: a full pull would fetch them a second time, so the partial pull is done anyway.
+pub const DEFERRED_SHARE_DIVISOR: u64 = 20;
 
 /// What a partial pull did for one layer.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -232,8 +240,11 @@ pub enum Content {
 pub trait Progress: Sync {
     fn planned(&self, bytes: u64);
     fn fetched(&self, bytes: u64);
-    /// Waiting for another pull (process `pid`) to fetch the contents `key`.
+    /// Waiting for another pull (process `pid`, pulling blob `key`) to store contents
+    /// this layer needs; called again at every look.
     fn waiting(&self, _key: &str, _pid: Option<u32>) {}
+    /// The wait is over.
+    fn waited(&self) {}
 }
 
 /// Pulls `layer` partially if it is seekable and enough of it is already here.
@@ -241,6 +252,7 @@ pub fn pull_layer(
     repo: &Repository,
     image: &ImageClient,
     layer: &LayerDesc,
+    claim: &ClaimGuard,
     shared: &Shared,
     progress: &dyn Progress,
 ) -> Result<Outcome, PartialError> {
@@ -303,11 +315,25 @@ pub fn pull_layer(
         _ => None,
     };
     stage("TOC fetched and parsed");
-    // 2. Plan.
-    let plan = plan::make(repo, &toc, shared)?;
+    // 2. Announce this layer's contents (other pulls may leave them to this one), learn
+    //    which contents earlier pulls announced, and plan.
+    let announced = {
+        let mut seen = std::collections::HashSet::new();
+        let list: Vec<(Sha256Sum, u64)> = toc
+            .files
+            .iter()
+            .filter(|f| f.size > crate::oci::tar::INLINE_MAX && seen.insert(f.sha256))
+            .map(|f| (f.sha256, f.size))
+            .collect();
+        claim.announce(&repo.claims(), &list)?
+    };
+    let plan = plan::make(repo, &toc, shared, announced)?;
     stage("planned");
     let planned = plan.fetch_bytes() + stats.toc_bytes + stats.tar_split_bytes;
-    if planned as f64 > FULL_PULL_SHARE * layer.size as f64 {
+    // A full pull would fetch again what other pulls are fetching: worth it only when
+    // that is a small part of the blob.
+    let duplicate_small = plan.deferred_bytes.saturating_mul(DEFERRED_SHARE_DIVISOR) < layer.size;
+    if planned as f64 > FULL_PULL_SHARE * layer.size as f64 && duplicate_small {
         return Ok(Outcome::Full {
             why: Some(format!(
                 "{} of {} bytes would be fetched: a full pull is faster",
@@ -333,11 +359,29 @@ pub fn pull_layer(
     };
     stage("fetched");
     // Contents other layers of this pull were fetching.
-    let Some(contents) = plan::settle(repo, &toc, plan, contents, shared, progress) else {
+    let Some(mut contents) = plan::settle(repo, &toc, plan, contents, shared, progress) else {
         return Ok(Outcome::Full {
             why: Some("another layer of this pull failed to fetch shared contents".into()),
         });
     };
+    if !contents.missing.is_empty() {
+        // The pull these files were left to did not store them: fetch them here.
+        let again = plan::Plan::refetch(std::mem::take(&mut contents.missing));
+        match fetch::fetch_plan(
+            repo, image, layer, &toc, &again, shared, progress, &mut stats,
+        )? {
+            fetch::Fetched::Whole(stream) => {
+                return Ok(Outcome::Whole {
+                    stream,
+                    why: "the registry answered a multi-range request with the whole blob".into(),
+                })
+            }
+            fetch::Fetched::Done { contents: got, .. } => {
+                contents.fetched_here.extend(got.keys().copied());
+                contents.map.extend(got);
+            }
+        }
+    }
     stats.files_reused = toc
         .files
         .iter()

@@ -7,10 +7,13 @@
 //!
 //! Each missing content is fetched once: the first of its entries is the one fetched,
 //! and a content another layer of the same pull is already fetching is waited for
-//! instead (see [`super::Shared`]).
+//! instead (see [`super::Shared`]). A content that another pull announced earlier (it
+//! pulls a different blob holding the same file, [`crate::repo::announce`]) is left to
+//! that pull: this one fetches everything else, then waits for it and takes the object.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
@@ -18,8 +21,11 @@ use super::{wait, Content, ContentClaim, PartialError, Shared, Slot};
 use crate::oci::tar::INLINE_MAX;
 use crate::oci::toc::{Headers, LayerToc, Sha256Sum};
 use crate::oci::EntryData;
-use crate::repo::claims::{ClaimGuard, Claimed};
+use crate::repo::announce::Announced;
 use crate::repo::Repository;
+
+/// How often a pull waiting for another one looks at its claim.
+const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// One byte range of the blob to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,24 +43,35 @@ pub struct Plan {
     pub items: Vec<(Item, u64, u64)>,
     /// Contents already available.
     pub have: HashMap<Sha256Sum, Content>,
-    /// Claims on the contents this layer fetches: in this process, and in the
-    /// repository (so that other pulls wait for them too).
-    pub claims: HashMap<Sha256Sum, (ContentClaim, ClaimGuard)>,
+    /// Claims (in this process) on the contents this layer fetches. Across processes
+    /// the announcements order the pulls instead (see [`crate::repo::announce`]).
+    pub claims: HashMap<Sha256Sum, ContentClaim>,
     /// Contents another layer of this pull is fetching.
     pub waits: Vec<(Sha256Sum, Arc<Slot>)>,
-    /// Contents another process is fetching (their in-process claims are held here, so
-    /// that this process's other layers wait for the outcome).
-    pub other_pulls: Vec<(Sha256Sum, ContentClaim, Option<u32>)>,
-}
-
-/// The repository claim key of a content.
-pub fn claim_key(sha: &Sha256Sum) -> String {
-    format!("sha256:{}", hex::encode(sha))
+    /// Contents left to pulls that announced them earlier: (content, size, index into
+    /// `announced.earlier`).
+    pub deferred: Vec<(Sha256Sum, u64, usize)>,
+    /// Compressed bytes of the deferred contents' frames.
+    pub deferred_bytes: u64,
+    pub announced: Announced,
 }
 
 impl Plan {
     pub fn fetch_bytes(&self) -> u64 {
         self.items.iter().map(|(_, s, e)| e - s).sum()
+    }
+
+    /// A plan fetching just `items` (contents a pull waited for in vain).
+    pub fn refetch(items: Vec<(Item, u64, u64)>) -> Plan {
+        Plan {
+            items,
+            have: HashMap::new(),
+            claims: HashMap::new(),
+            waits: Vec::new(),
+            deferred: Vec::new(),
+            deferred_bytes: 0,
+            announced: Announced::default(),
+        }
     }
 }
 
@@ -94,7 +111,12 @@ fn inline_contents(
 }
 
 /// Plans the fetches of one layer.
-pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, PartialError> {
+pub fn make(
+    repo: &Repository,
+    toc: &LayerToc,
+    shared: &Shared,
+    announced: Announced,
+) -> Result<Plan, PartialError> {
     let big: Vec<(Sha256Sum, u64)> = toc
         .files
         .iter()
@@ -117,10 +139,10 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
         have.insert(k, Content::Inline(v));
     }
     let mut items = Vec::new();
-    let mut claims: HashMap<Sha256Sum, (ContentClaim, ClaimGuard)> = HashMap::new();
+    let mut claims: HashMap<Sha256Sum, ContentClaim> = HashMap::new();
     let mut waits = Vec::new();
-    let mut other_pulls = Vec::new();
-    let repo_claims = repo.claims();
+    let mut deferred = Vec::new();
+    let mut deferred_bytes = 0;
     let mut seen: HashSet<Sha256Sum> = HashSet::new();
     let gaps = toc.headers == Headers::Gaps;
     let mut prev_end = 0u64;
@@ -132,14 +154,19 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
         if have.contains_key(&f.sha256) || !seen.insert(f.sha256) {
             continue;
         }
+        if f.size > INLINE_MAX {
+            if let Some(owner) = announced.owner_of(&f.sha256, f.size) {
+                // No claim of ours on it: the earlier pull never waits for this one.
+                deferred.push((f.sha256, f.size, owner));
+                deferred_bytes += f.end - f.start;
+                continue;
+            }
+        }
         match shared.claim(&f.sha256) {
-            Ok(c) => match repo_claims.try_claim(&claim_key(&f.sha256))? {
-                Claimed::Mine(g) => {
-                    claims.insert(f.sha256, (c, g));
-                    items.push((Item::File(i), f.start, f.end));
-                }
-                Claimed::Busy { pid } => other_pulls.push((f.sha256, c, pid)),
-            },
+            Ok(c) => {
+                claims.insert(f.sha256, c);
+                items.push((Item::File(i), f.start, f.end));
+            }
             Err(slot) => waits.push((f.sha256, slot)),
         }
     }
@@ -151,7 +178,9 @@ pub fn make(repo: &Repository, toc: &LayerToc, shared: &Shared) -> Result<Plan, 
         have,
         claims,
         waits,
-        other_pulls,
+        deferred,
+        deferred_bytes,
+        announced,
     })
 }
 
@@ -160,13 +189,17 @@ pub struct Contents {
     pub map: HashMap<Sha256Sum, Content>,
     /// Contents this layer fetched itself.
     pub fetched_here: HashSet<Sha256Sum>,
-    /// Contents another process fetched while this pull waited.
+    /// Contents another pull fetched while this one waited.
     pub from_other_pulls: HashSet<Sha256Sum>,
+    /// Files left to another pull that did not store them after all (it failed or was
+    /// killed): this layer fetches them itself.
+    pub missing: Vec<(Item, u64, u64)>,
 }
 
-/// After this layer's own fetches: releases its claims, takes up what other layers
-/// fetched meanwhile, and returns every content the rebuild needs; `None` when another
-/// layer failed to fetch a content this one needs (the caller then pulls fully).
+/// After this layer's own fetches: releases its claims, takes up what other layers and
+/// pulls fetched meanwhile, and returns every content the rebuild needs but `missing`;
+/// `None` when another layer of this pull failed to fetch a content this one needs (the
+/// caller then pulls fully).
 pub fn settle(
     repo: &Repository,
     toc: &LayerToc,
@@ -180,53 +213,55 @@ pub fn settle(
         have,
         claims,
         waits,
-        other_pulls,
+        deferred,
+        announced,
         ..
     } = plan;
-    for (sha, (c, g)) in claims {
-        // The object is stored and indexed (or not fetched): release the repository
-        // claim first, so that other pulls find the result when they see it released.
-        drop(g);
+    for (sha, c) in claims {
         c.finish(fetched.contains_key(&sha));
     }
     let fetched_here: HashSet<Sha256Sum> = fetched.keys().copied().collect();
     let mut map = have;
     map.extend(fetched);
-    // Contents other processes were fetching: wait for their claims, then look again.
+    // Contents left to earlier announcers: wait for each to end, then find the objects.
+    let mut by_owner: HashMap<usize, Vec<(Sha256Sum, u64)>> = HashMap::new();
+    for (sha, size, owner) in deferred {
+        by_owner.entry(owner).or_default().push((sha, size));
+    }
+    let mut owners: Vec<_> = by_owner.into_iter().collect();
+    owners.sort_by_key(|(o, _)| *o);
     let repo_claims = repo.claims();
-    for (sha, c, pid) in other_pulls {
-        let f = toc.files.iter().find(|f| f.sha256 == sha)?;
-        progress.waiting(&claim_key(&sha), pid);
-        let found = || {
-            if f.size > INLINE_MAX {
-                repo.content_index()
-                    .lookup(&sha, f.size)
-                    .map(Content::Object)
-            } else {
-                None
+    let mut missing = Vec::new();
+    for (owner, wanted) in owners {
+        let a = &announced.earlier[owner];
+        let mut waited = false;
+        while let Some(pid) = repo_claims.still_working(a) {
+            progress.waiting(&a.key, pid);
+            waited = true;
+            std::thread::sleep(WAIT_POLL);
+        }
+        if waited {
+            progress.waited();
+        }
+        let found = repo.content_index().find(&wanted).unwrap_or_default();
+        for (sha, _) in &wanted {
+            match found.objects.get(sha) {
+                Some(d) => {
+                    from_other_pulls.insert(*sha);
+                    map.insert(*sha, Content::Object(*d));
+                }
+                None => {
+                    let (i, f) = toc
+                        .files
+                        .iter()
+                        .enumerate()
+                        .find(|(_, f)| f.sha256 == *sha)?;
+                    missing.push((Item::File(i), f.start, f.end));
+                }
             }
-        };
-        let got = repo_claims
-            .wait(
-                &claim_key(&sha),
-                std::time::Duration::from_millis(50),
-                || found().is_some(),
-                |_| {},
-            )
-            .ok()
-            .and_then(|guard| match guard {
-                None => found(),
-                Some(_g) => found(), // the other pull died or failed: not there
-            });
-        c.finish(got.is_some());
-        match got {
-            Some(content) => {
-                from_other_pulls.insert(sha);
-                map.insert(sha, content);
-            }
-            None => return None,
         }
     }
+    missing.sort_by_key(|m| m.1);
     for (sha, slot) in waits {
         if !wait(&slot) {
             return None;
@@ -245,5 +280,6 @@ pub fn settle(
         map,
         fetched_here,
         from_other_pulls,
+        missing,
     })
 }

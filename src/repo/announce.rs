@@ -1,0 +1,315 @@
+//! Announcements: which file contents a claimed blob's pull will store, so that pulls of
+//! *different* blobs sharing files (a squashed image and its layered original, two
+//! rebuilds of one base) fetch each shared file once.
+//!
+//! A blob claim ([`super::claims`]) makes pulls of the same blob cooperate. A pull of a
+//! seekable layer knows, once it has the layer's TOC and before it decides what to
+//! fetch, every content the layer holds; it announces them beside its claim
+//! (`REPO/claims/<alg>-<hex>.contents`) and reads the announcements of the other live
+//! claims, **in one step under `claims/contents.lock`**. That step orders announcements:
+//! each gets a sequence number above every one present, and sees exactly the ones
+//! announced before it. A pull then leaves to an *earlier* announcer every content it
+//! announced (waiting for its claim to end, then finding the object), and fetches the
+//! rest itself. Earlier announcers never wait for later ones, so waits follow
+//! strictly falling sequence numbers and cannot form a cycle, whatever the timing.
+//!
+//! The file lives exactly as long as the claim: the holder writes it while holding the
+//! claim and [`super::claims::ClaimGuard`]'s drop removes it before releasing. A holder
+//! that died leaves it behind, unlocked, and readers ignore it; the blob's next holder
+//! keeps its sequence number when it announces again (so pulls that waited for the dead
+//! one wait for it, and it never waits for them).
+//!
+//! File format: the line `strata-contents 1 SEQ\n`, then one 40-byte record per content:
+//! sha256 (32 bytes) and size (u64, little endian). Anything malformed is ignored (the
+//! announcement is then treated as absent: a duplicate fetch, never a wrong one).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+use super::claims::{ClaimGuard, Claims};
+use super::index::Sha256Sum;
+use super::{ioe, RepoError};
+
+const MAGIC: &str = "strata-contents 1 ";
+const EXT: &str = ".contents";
+const RECORD: usize = 40;
+/// Longest announcement read: 8 million contents, far above any TOC strata accepts.
+const MAX_FILE: u64 = 320 << 20;
+const LOCK: &str = "contents.lock";
+
+/// Another pull's announcement, earlier than the caller's.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    /// The claim key (the blob's digest).
+    pub key: String,
+    pub seq: u64,
+    /// Its holder's pid, when written.
+    pub pid: Option<u32>,
+    /// Contents (sha256 → size) its pull will store.
+    pub contents: HashMap<Sha256Sum, u64>,
+}
+
+/// What [`ClaimGuard::announce`] returns.
+#[derive(Debug, Default)]
+pub struct Announced {
+    pub seq: u64,
+    /// The live announcements made before this one, oldest first.
+    pub earlier: Vec<Announcement>,
+}
+
+impl Announced {
+    /// The earliest announcement holding `sha` of `size` bytes.
+    pub fn owner_of(&self, sha: &Sha256Sum, size: u64) -> Option<usize> {
+        self.earlier
+            .iter()
+            .position(|a| a.contents.get(sha) == Some(&size))
+    }
+}
+
+fn read_header(r: &mut impl BufRead) -> Option<u64> {
+    let mut line = String::new();
+    r.by_ref().take(64).read_line(&mut line).ok()?;
+    line.strip_prefix(MAGIC)?.strip_suffix('\n')?.parse().ok()
+}
+
+/// An announcement file: its sequence number and, when `full`, its contents.
+fn read_file(path: &Path, full: bool) -> Option<(u64, HashMap<Sha256Sum, u64>)> {
+    let f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len > MAX_FILE {
+        return None;
+    }
+    let mut r = io::BufReader::new(f);
+    let seq = read_header(&mut r)?;
+    let mut contents = HashMap::new();
+    if full {
+        let mut rest = Vec::new();
+        r.take(MAX_FILE).read_to_end(&mut rest).ok()?;
+        if rest.len() % RECORD != 0 {
+            return None;
+        }
+        contents.reserve(rest.len() / RECORD);
+        for rec in rest.chunks_exact(RECORD) {
+            let sha: Sha256Sum = rec[..32].try_into().ok()?;
+            let size = u64::from_le_bytes(rec[32..].try_into().ok()?);
+            contents.insert(sha, size);
+        }
+    }
+    Some((seq, contents))
+}
+
+/// Whether the claim file at `claim` is locked by a live holder, and its pid.
+fn holder(claim: &Path) -> Option<Option<u32>> {
+    let f = File::open(claim).ok()?;
+    match rustix::fs::flock(&f, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => None,
+        Err(_) => {
+            let mut s = String::new();
+            let _ = (&f).take(32).read_to_string(&mut s);
+            Some(s.trim().parse().ok())
+        }
+    }
+}
+
+/// `<alg>-<hex>.contents` → (`<alg>-<hex>`, key `alg:hex`).
+fn claim_of(name: &str) -> Option<(String, String)> {
+    let base = name.strip_suffix(EXT)?;
+    let (alg, hex) = base.split_once('-')?;
+    Some((base.to_string(), format!("{alg}:{hex}")))
+}
+
+impl ClaimGuard {
+    /// Announces that this claim's pull will store `contents` (sha256, size), and returns
+    /// the live announcements made before it. See the module documentation.
+    pub fn announce(
+        &self,
+        claims: &Claims,
+        contents: &[(Sha256Sum, u64)],
+    ) -> Result<Announced, RepoError> {
+        let dir = claims.dir();
+        let lock_path = dir.join(LOCK);
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| ioe(&lock_path, "cannot open", e))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| ioe(&lock_path, "cannot lock", e))?;
+        let own = self.side(EXT);
+        let own_name = own.file_name().map(|n| n.to_string_lossy().into_owned());
+        let mut max_seq = 0;
+        let mut kept_seq = None;
+        let mut earlier = Vec::new();
+        let rd = fs::read_dir(dir).map_err(|e| ioe(dir, "cannot read", e))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((base, key)) = claim_of(&name) else {
+                continue;
+            };
+            if Some(&name) == own_name.as_ref() {
+                // Left by a holder of this blob that died: keep its place in the order.
+                kept_seq = read_file(&e.path(), false).map(|(s, _)| s);
+                continue;
+            }
+            let Some((seq, _)) = read_file(&e.path(), false) else {
+                continue;
+            };
+            max_seq = max_seq.max(seq);
+            if let Some(pid) = holder(&dir.join(&base)) {
+                earlier.push((seq, key, pid, e.path()));
+            }
+        }
+        let seq = kept_seq.unwrap_or(max_seq + 1);
+        let mut out = Announced {
+            seq,
+            earlier: Vec::new(),
+        };
+        for (s, key, pid, path) in earlier {
+            if s >= seq {
+                continue; // later than ours (we are a dead holder's successor)
+            }
+            if let Some((s2, contents)) = read_file(&path, true) {
+                if s2 == s {
+                    out.earlier.push(Announcement {
+                        key,
+                        seq: s,
+                        pid,
+                        contents,
+                    });
+                }
+            }
+        }
+        out.earlier.sort_by_key(|a| a.seq);
+        write_file(&own, seq, contents)?;
+        drop(lock);
+        Ok(out)
+    }
+}
+
+fn write_file(path: &Path, seq: u64, contents: &[(Sha256Sum, u64)]) -> Result<(), RepoError> {
+    let mut tmp = PathBuf::from(path.as_os_str().to_owned());
+    tmp.set_extension("contents-new");
+    let mut buf = Vec::with_capacity(32 + contents.len() * RECORD);
+    buf.extend_from_slice(format!("{MAGIC}{seq}\n").as_bytes());
+    for (sha, size) in contents {
+        buf.extend_from_slice(sha);
+        buf.extend_from_slice(&size.to_le_bytes());
+    }
+    File::create(&tmp)
+        .and_then(|mut f| f.write_all(&buf))
+        .map_err(|e| ioe(&tmp, "cannot write", e))?;
+    fs::rename(&tmp, path).map_err(|e| ioe(path, "cannot rename into place", e))
+}
+
+impl Claims {
+    /// Whether the pull that made announcement `a` still works on it: its claim is held
+    /// and the announcement is still the same one. The holder's pid when it does.
+    pub fn still_working(&self, a: &Announcement) -> Option<Option<u32>> {
+        let base = a.key.replacen(':', "-", 1);
+        let path = self.dir().join(format!("{base}{EXT}"));
+        let (seq, _) = read_file(&path, false)?;
+        if seq != a.seq {
+            return None;
+        }
+        holder(&self.dir().join(base))
+    }
+}
+
+/// Removes a claim's announcement (by its holder, before releasing the claim).
+pub(crate) fn remove(claim_path: &Path) {
+    let mut p = claim_path.as_os_str().to_owned();
+    p.push(EXT);
+    let _ = fs::remove_file(PathBuf::from(p));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::claims::Claimed;
+
+    fn key(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    fn mine(c: &Claims, k: &str) -> ClaimGuard {
+        match c.try_claim(k).unwrap() {
+            Claimed::Mine(g) => g,
+            Claimed::Busy { .. } => panic!("{k} busy"),
+        }
+    }
+
+    #[test]
+    fn later_announcements_see_earlier_live_ones_only() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Claims::new(d.path().join("claims"));
+        let (x, y, z) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let a = mine(&c, &key(1));
+        let ra = a.announce(&c, &[(x, 100), (y, 200)]).unwrap();
+        assert!(ra.earlier.is_empty());
+        let b = mine(&c, &key(2));
+        let rb = b.announce(&c, &[(y, 200), (z, 300)]).unwrap();
+        assert!(rb.seq > ra.seq);
+        assert_eq!(rb.earlier.len(), 1);
+        assert_eq!(rb.earlier[0].key, key(1));
+        assert_eq!(rb.earlier[0].pid, Some(std::process::id()));
+        assert_eq!(rb.owner_of(&y, 200), Some(0));
+        assert_eq!(rb.owner_of(&y, 201), None, "same sha, other size");
+        assert_eq!(rb.owner_of(&z, 300), None);
+        assert!(c.still_working(&rb.earlier[0]).is_some());
+        // The first pull ends: its announcement goes with its claim.
+        drop(a);
+        assert!(c.still_working(&rb.earlier[0]).is_none());
+        let a2 = mine(&c, &key(1));
+        let r2 = a2.announce(&c, &[(x, 100)]).unwrap();
+        assert_eq!(r2.earlier.len(), 1, "b is live and earlier now");
+        assert!(r2.seq > rb.seq);
+        drop(b);
+    }
+
+    #[test]
+    fn a_dead_holders_successor_keeps_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Claims::new(d.path().join("claims"));
+        let a = mine(&c, &key(1));
+        let ra = a.announce(&c, &[([1; 32], 100)]).unwrap();
+        let b = mine(&c, &key(2));
+        let rb = b.announce(&c, &[([1; 32], 100)]).unwrap();
+        assert_eq!(rb.earlier.len(), 1);
+        a.die();
+        assert!(c.still_working(&rb.earlier[0]).is_none(), "dead");
+        let x = mine(&c, &key(3));
+        let rx = x.announce(&c, &[([1; 32], 100)]).unwrap();
+        assert_eq!(rx.earlier.len(), 1, "the dead one is ignored");
+        assert_eq!(rx.earlier[0].key, key(2));
+        let succ = mine(&c, &key(1));
+        let r = succ.announce(&c, &[([1; 32], 100)]).unwrap();
+        assert_eq!(r.seq, ra.seq, "the successor keeps the dead holder's place");
+        assert!(r.earlier.is_empty(), "and never waits for later ones");
+        assert!(
+            c.still_working(&rb.earlier[0]).is_some(),
+            "those that waited for the dead holder wait for its successor"
+        );
+    }
+
+    #[test]
+    fn malformed_announcements_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Claims::new(d.path().join("claims"));
+        let a = mine(&c, &key(1));
+        a.announce(&c, &[([1; 32], 100)]).unwrap();
+        let path = c
+            .dir()
+            .join(format!("{}{EXT}", key(1).replacen(':', "-", 1)));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.push(0); // not a whole record
+        fs::write(&path, &bytes).unwrap();
+        let b = mine(&c, &key(2));
+        let rb = b.announce(&c, &[([1; 32], 100)]).unwrap();
+        assert!(rb.earlier.is_empty());
+    }
+}
