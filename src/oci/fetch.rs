@@ -9,8 +9,11 @@
 //! fetched), or it died, and this pull fetches the blob itself, resuming from the dead
 //! holder's verified partial download ([`open_claimed`]).
 //!
-//! Why it cannot deadlock: a lane holds at most one claim, and only while it is fetching
-//! (it never waits while holding one), so no pull waits for a pull that waits for it.
+//! Why it cannot deadlock: a lane holds at most one claim, and only while it is fetching;
+//! it never waits for another blob's claim while holding one. A partial layer does wait,
+//! under its claim, for pulls that announced the files it needs, but only for *earlier*
+//! announcements (smaller sequence numbers, `repo/announce.rs`), so no pull waits for a
+//! pull that waits for it.
 //! Why nobody starves: a claim is held only by a fetch in progress, which ends (done,
 //! failed, or killed) and releases it; every waiter looks again within [`POLL`].
 //!

@@ -1,9 +1,10 @@
 //! Fetch claims: which pull is fetching which digest, so that concurrent pulls (other
 //! processes, or other threads of one process) fetch each blob once.
 //!
-//! A claim is keyed by a digest string `ALG:HEX` (a layer blob `sha256:…`, a config, or,
-//! for partial pulls, the `sha256:…` of one file's contents): the key is the caller's
-//! business, this module only needs it to be a well-formed digest.
+//! A claim is keyed by a digest string `ALG:HEX` (a layer blob `sha256:…` or a config):
+//! the key is the caller's business, this module only needs it to be a well-formed
+//! digest. Files inside blobs are not claimed one by one: a holder announces the contents
+//! its blob will store ([`ClaimGuard::announce`], `announce.rs`).
 //!
 //! What a caller may rely on:
 //!
@@ -32,9 +33,10 @@
 //!
 //! Claims never wait: a caller that is told `Busy` decides what to do meanwhile (a pull
 //! fetches its other layers and comes back). A holder must not wait for another claim
-//! while holding one, which keeps the wait-for graph free of cycles. gc removes claim and
-//! partial files under the exclusive repository lock, when no pull can hold a claim
-//! (`doc/concurrency.md`).
+//! while holding one; the only wait under a claim is for *earlier* announcements, ordered
+//! by their sequence numbers, so the wait-for graph stays free of cycles. gc removes
+//! claim, partial and announcement files under the exclusive repository lock, when no
+//! pull can hold a claim (`doc/concurrency.md`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
