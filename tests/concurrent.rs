@@ -466,3 +466,44 @@ fn one_command_pulls_several_images_sharing_blobs_once() {
         "strata: pull: --name names one image, but 2 sources were given (each is named after its reference)"
     );
 }
+
+#[test]
+fn three_processes_pulling_one_image_fetch_its_config_and_layers_once() {
+    if skip() {
+        return;
+    }
+    let (base, app) = (layer("base", 2 * MIB), layer("app", MIB));
+    let s = setup(&[("app", vec![&base, &app])]);
+    let want = s.want("app");
+    let repo = s.env.path().join("repo");
+    s.env.ok(&repo, &["init"]);
+    s.throttle(2 << 20);
+    let src = s.src("app");
+    let names = ["one", "two", "three"];
+    let children: Vec<Child> = names
+        .iter()
+        .map(|n| {
+            s.env
+                .cmd(&repo, &["--json", "pull", &src, n, "--tls-verify=false"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (c, n) in children.into_iter().zip(names) {
+        let r = finish(c, &format!("pull {n}"), Duration::from_secs(120));
+        assert_eq!(r["image_id"].as_str().unwrap(), want, "{n}: image id");
+    }
+    let gets = s.blob_gets();
+    // 2 layers + the config, each fetched exactly once.
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "a blob fetched twice: {gets:?}"
+    );
+    s.check_repo(&repo);
+    let images: Value = serde_json::from_slice(&s.env.ok(&repo, &["--json", "images"])).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 3, "{images}");
+    assert!(images.to_string().matches(&want).count() >= 3, "{images}");
+}

@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
+
 use super::pull_error::PullError;
 use super::source::ImageSource;
 use crate::fsverity::Digest;
@@ -76,6 +78,61 @@ pub(crate) fn publish_layer(
     repo.objects().sync().map_err(RepoError::from)?;
     repo.set_ref("layers", diff_id_hex, splitstream)?;
     Ok(())
+}
+
+/// The bytes of an image's config (digest and size from its manifest), fetched at most
+/// once across pulls: claimed like a layer, stored as an object and published as
+/// `refs/blobs/<hex>` before the claim is released. A pull that finds the claim taken
+/// waits for it (it holds no claim meanwhile, so no cycle can form: configs are read
+/// before any layer is claimed), then takes the published bytes, checked against the
+/// digest; `None` when there is nothing usable (the caller reads the source).
+pub(crate) fn config_once(
+    repo: &Repository,
+    src: &dyn ImageSource,
+    digest: &str,
+    size: u64,
+    on_wait: Option<&super::fetch_progress::WaitHook>,
+) -> Result<Option<Vec<u8>>, PullError> {
+    let Ok(want) = super::verify::sha256_bytes(digest) else {
+        return Ok(None);
+    };
+    let hex = digest
+        .split_once(':')
+        .map_or(digest, |(_, h)| h)
+        .to_string();
+    let published = || -> Option<Vec<u8>> {
+        let obj = repo.get_ref("blobs", &hex)?;
+        let raw = repo.read_object(&obj).ok()?;
+        let got: [u8; 32] = sha2::Sha256::digest(&raw).into();
+        (raw.len() as u64 == size && got == want).then_some(raw)
+    };
+    let mut told = false;
+    loop {
+        if let Some(raw) = published() {
+            return Ok(Some(raw));
+        }
+        match claim(repo, digest)? {
+            Claimed::Mine(guard) => {
+                if let Some(raw) = published() {
+                    return Ok(Some(raw));
+                }
+                let raw = super::source::read_json_blob(src, digest, size, "config")?;
+                let (obj, _) = repo.objects().add_bytes(&raw).map_err(RepoError::from)?;
+                if guard.wanted() {
+                    repo.objects().sync().map_err(RepoError::from)?;
+                }
+                repo.set_ref("blobs", &hex, &obj)?;
+                return Ok(Some(raw));
+            }
+            Claimed::Busy { pid } => {
+                if let (Some(h), false) = (on_wait, told) {
+                    (h.0)(digest, pid);
+                }
+                told = true;
+                std::thread::sleep(POLL / 2);
+            }
+        }
+    }
 }
 
 /// The raw bytes of a claimed blob: the verified prefix of a partial download left by a

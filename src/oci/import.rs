@@ -280,7 +280,14 @@ pub fn pull(
         }
     }
 
-    let img = manifest::load_image(src, choice)?;
+    // A registry's config is fetched once across concurrent pulls, like its layers.
+    let config = match (src.registry_image(), choice.config_descriptor()) {
+        (Some(_), Some((digest, size))) => {
+            fetch::config_once(repo, src, &digest, size, opts.on_wait.as_ref())?
+        }
+        _ => None,
+    };
+    let img = manifest::load_image_with(src, choice, config)?;
     let trace = std::env::var_os("STRATA_TRACE").is_some();
     let stage = |what: &str| {
         if trace {

@@ -332,10 +332,38 @@ fn fetch_checked(
     Ok(raw)
 }
 
+impl ManifestChoice {
+    /// The config's digest and size as the manifest states them, when it has them (a
+    /// light look, before [`load_image`] parses and checks everything).
+    pub fn config_descriptor(&self) -> Option<(String, u64)> {
+        #[derive(serde::Deserialize)]
+        struct Desc {
+            digest: String,
+            size: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Light {
+            config: Desc,
+        }
+        let l: Light = serde_json::from_slice(&self.manifest_raw).ok()?;
+        Some((l.config.digest, l.config.size))
+    }
+}
+
 /// Reads the chosen manifest's config and lists its layers with their diff_ids.
 pub fn load_image(
     src: &dyn ImageSource,
     choice: ManifestChoice,
+) -> Result<ResolvedImage, SourceError> {
+    load_image_with(src, choice, None)
+}
+
+/// [`load_image`], with the config's bytes already at hand (`config`: checked against the
+/// manifest's digest like fetched ones; read from `src` if they differ).
+pub fn load_image_with(
+    src: &dyn ImageSource,
+    choice: ManifestChoice,
+    config: Option<Vec<u8>>,
 ) -> Result<ResolvedImage, SourceError> {
     let ManifestChoice {
         indexes,
@@ -358,7 +386,14 @@ pub fn load_image(
             what: "an image config",
         });
     }
-    let config_raw = super::source::read_json_blob(src, &config_digest, cdesc.size(), "config")?;
+    let config_raw = match config {
+        Some(raw)
+            if raw.len() as u64 == cdesc.size() && check_digest(&config_digest, &raw).is_ok() =>
+        {
+            raw
+        }
+        _ => super::source::read_json_blob(src, &config_digest, cdesc.size(), "config")?,
+    };
     let config: ImageConfiguration =
         serde_json::from_slice(&config_raw).map_err(|source| SourceError::InvalidJson {
             digest: config_digest.clone(),
