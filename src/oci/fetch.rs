@@ -14,8 +14,10 @@
 //! under its claim, for pulls that announced the files it needs, but only for *earlier*
 //! announcements (smaller sequence numbers, `repo/announce.rs`), so no pull waits for a
 //! pull that waits for it.
-//! Why nobody starves: a claim is held only by a fetch in progress, which ends (done,
-//! failed, or killed) and releases it; every waiter looks again within [`POLL`].
+//! Why nobody starves: a claim is held only by a pull working on that blob: fetching it,
+//! or waiting (under the claim) for earlier announcers, which by induction on the
+//! sequence numbers end too. Each ends (done, failed, or killed) and releases the claim;
+//! every waiter looks again within [`POLL`].
 //!
 //! What a holder publishes before releasing: the splitstream object and every object it
 //! references, flushed (`syncfs`), then `refs/layers/<diff_id>`; a waiter that finds the
@@ -81,8 +83,8 @@ pub(crate) fn publish_layer(
 }
 
 /// The bytes of an image's config (digest and size from its manifest), fetched at most
-/// once across pulls: claimed like a layer, stored as an object and published as
-/// `refs/blobs/<hex>` before the claim is released. A pull that finds the claim taken
+/// once across pulls: claimed like a layer, stored as an object, made durable (one
+/// fsync) and published as `refs/blobs/<hex>` before the claim is released. A pull that finds the claim taken
 /// waits for it (it holds no claim meanwhile, so no cycle can form: configs are read
 /// before any layer is claimed), then takes the published bytes, checked against the
 /// digest; `None` when there is nothing usable (the caller reads the source).
@@ -118,10 +120,10 @@ pub(crate) fn config_once(
                 }
                 let raw = super::source::read_json_blob(src, digest, size, "config")?;
                 let (obj, _) = repo.objects().add_bytes(&raw).map_err(RepoError::from)?;
-                if guard.wanted() {
-                    repo.objects().sync().map_err(RepoError::from)?;
-                }
+                // Durable before the ref names it (a few KiB: one fsync, not a syncfs).
+                repo.objects().sync_one(&obj).map_err(RepoError::from)?;
                 repo.set_ref("blobs", &hex, &obj)?;
+                drop(guard);
                 return Ok(Some(raw));
             }
             Claimed::Busy { pid } => {

@@ -7,23 +7,31 @@
 //! fetch, every content the layer holds; it announces them beside its claim
 //! (`REPO/claims/<alg>-<hex>.contents`) and reads the announcements of the other live
 //! claims, **in one step under `claims/contents.lock`**. That step orders announcements:
-//! each gets a sequence number above every one present, and sees exactly the ones
-//! announced before it. A pull then leaves to an *earlier* announcer every content it
-//! announced (waiting for its claim to end, then finding the object), and fetches the
-//! rest itself. Earlier announcers never wait for later ones, so waits follow
+//! each gets a sequence number above every announcement file present (live or left by a
+//! dead pull), and sees exactly the live ones announced before it. A pull then leaves to
+//! an *earlier* announcer every content it announced too (waiting until the contents are
+//! in the content index, or the announcer's claim ends, then finding the objects), and
+//! fetches the rest itself. Earlier announcers never wait for later ones, so waits follow
 //! strictly falling sequence numbers and cannot form a cycle, whatever the timing.
 //!
 //! The file lives exactly as long as the claim: the holder writes it while holding the
 //! claim and [`super::claims::ClaimGuard`]'s drop removes it before releasing. A holder
-//! that died leaves it behind, unlocked, and readers ignore it; the blob's next holder
-//! keeps its sequence number when it announces again (so pulls that waited for the dead
-//! one wait for it, and it never waits for them).
+//! that died leaves it behind, unlocked, and readers ignore it. The blob's next holder
+//! (its successor) reuses the dead holder's sequence number when it announces, instead of
+//! taking a new one: pulls that waited for the dead holder now wait for the successor, and
+//! since every announcement the successor sees as earlier has a lower number, it never
+//! waits for them.
+//!
+//! Reading costs memory for shared contents only: of each earlier announcement, a reader
+//! keeps the records it announced too. Announcing is an optimisation: a pull that cannot
+//! read or write announcements (an I/O error) carries on without, and at worst fetches a
+//! file another pull fetches too.
 //!
 //! File format: the line `strata-contents 1 SEQ\n`, then one 40-byte record per content:
 //! sha256 (32 bytes) and size (u64, little endian). Anything malformed is ignored (the
 //! announcement is then treated as absent: a duplicate fetch, never a wrong one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +48,10 @@ const RECORD: usize = 40;
 /// Longest announcement read: 8 million contents, far above any TOC strata accepts.
 const MAX_FILE: u64 = 320 << 20;
 const LOCK: &str = "contents.lock";
+/// Highest sequence number believed: a file claiming more is ignored (so that `+ 1` can
+/// never overflow, whatever a corrupt or hostile file says). 2^62 announcements at one a
+/// nanosecond take a century.
+const MAX_SEQ: u64 = 1 << 62;
 
 /// Another pull's announcement, earlier than the caller's.
 #[derive(Debug, Clone)]
@@ -49,7 +61,8 @@ pub struct Announcement {
     pub seq: u64,
     /// Its holder's pid, when written.
     pub pid: Option<u32>,
-    /// Contents (sha256 → size) its pull will store.
+    /// Contents (sha256 → size) its pull will store that the caller announced too (the
+    /// others are not kept; announcements sharing none are not returned at all).
     pub contents: HashMap<Sha256Sum, u64>,
 }
 
@@ -57,7 +70,8 @@ pub struct Announcement {
 #[derive(Debug, Default)]
 pub struct Announced {
     pub seq: u64,
-    /// The live announcements made before this one, oldest first.
+    /// The live announcements made before this one that share contents with it, oldest
+    /// first.
     pub earlier: Vec<Announcement>,
 }
 
@@ -76,30 +90,61 @@ fn read_header(r: &mut impl BufRead) -> Option<u64> {
     line.strip_prefix(MAGIC)?.strip_suffix('\n')?.parse().ok()
 }
 
-/// An announcement file: its sequence number and, when `full`, its contents.
-fn read_file(path: &Path, full: bool) -> Option<(u64, HashMap<Sha256Sum, u64>)> {
+/// An announcement file: its sequence number and, when `keep` is given, those of its
+/// contents that are also in `keep` (only those: an announcement may list millions of
+/// contents, and the caller only cares about the ones it shares). `None` when the file is
+/// missing, too long, malformed, or its sequence number is absurd.
+fn read_file(
+    path: &Path,
+    keep: Option<&HashSet<(Sha256Sum, u64)>>,
+) -> Option<(u64, HashMap<Sha256Sum, u64>)> {
     let f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     if len > MAX_FILE {
         return None;
     }
-    let mut r = io::BufReader::new(f);
+    let mut r = io::BufReader::with_capacity(64 * 1024, f);
     let seq = read_header(&mut r)?;
+    if seq > MAX_SEQ {
+        return None;
+    }
     let mut contents = HashMap::new();
-    if full {
-        let mut rest = Vec::new();
-        r.take(MAX_FILE).read_to_end(&mut rest).ok()?;
-        if rest.len() % RECORD != 0 {
-            return None;
-        }
-        contents.reserve(rest.len() / RECORD);
-        for rec in rest.chunks_exact(RECORD) {
-            let sha: Sha256Sum = rec[..32].try_into().ok()?;
-            let size = u64::from_le_bytes(rec[32..].try_into().ok()?);
-            contents.insert(sha, size);
+    if let Some(keep) = keep {
+        let mut r = r.take(MAX_FILE);
+        let mut rec = [0u8; RECORD];
+        loop {
+            match read_record(&mut r, &mut rec)? {
+                false => break,
+                true => {
+                    let sha: Sha256Sum = rec[..32].try_into().ok()?;
+                    let size = u64::from_le_bytes(rec[32..].try_into().ok()?);
+                    if keep.contains(&(sha, size)) {
+                        contents.insert(sha, size);
+                    }
+                }
+            }
         }
     }
     Some((seq, contents))
+}
+
+/// Reads one whole record: `Some(true)`, or `Some(false)` at a clean end of file; `None`
+/// for a torn record or a read error.
+fn read_record(r: &mut impl Read, rec: &mut [u8; RECORD]) -> Option<bool> {
+    let mut got = 0;
+    while got < RECORD {
+        match r.read(&mut rec[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    match got {
+        0 => Some(false),
+        RECORD => Some(true),
+        _ => None,
+    }
 }
 
 /// Whether the claim file at `claim` is locked by a live holder, and its pid.
@@ -153,10 +198,10 @@ impl ClaimGuard {
             };
             if Some(&name) == own_name.as_ref() {
                 // Left by a holder of this blob that died: keep its place in the order.
-                kept_seq = read_file(&e.path(), false).map(|(s, _)| s);
+                kept_seq = read_file(&e.path(), None).map(|(s, _)| s);
                 continue;
             }
-            let Some((seq, _)) = read_file(&e.path(), false) else {
+            let Some((seq, _)) = read_file(&e.path(), None) else {
                 continue;
             };
             max_seq = max_seq.max(seq);
@@ -165,6 +210,7 @@ impl ClaimGuard {
             }
         }
         let seq = kept_seq.unwrap_or(max_seq + 1);
+        let keep: HashSet<(Sha256Sum, u64)> = contents.iter().copied().collect();
         let mut out = Announced {
             seq,
             earlier: Vec::new(),
@@ -173,13 +219,13 @@ impl ClaimGuard {
             if s >= seq {
                 continue; // later than ours (we are a dead holder's successor)
             }
-            if let Some((s2, contents)) = read_file(&path, true) {
-                if s2 == s {
+            if let Some((s2, shared)) = read_file(&path, Some(&keep)) {
+                if s2 == s && !shared.is_empty() {
                     out.earlier.push(Announcement {
                         key,
                         seq: s,
                         pid,
-                        contents,
+                        contents: shared,
                     });
                 }
             }
@@ -212,7 +258,7 @@ impl Claims {
     pub fn still_working(&self, a: &Announcement) -> Option<Option<u32>> {
         let base = a.key.replacen(':', "-", 1);
         let path = self.dir().join(format!("{base}{EXT}"));
-        let (seq, _) = read_file(&path, false)?;
+        let (seq, _) = read_file(&path, None)?;
         if seq != a.seq {
             return None;
         }
@@ -265,8 +311,18 @@ mod tests {
         drop(a);
         assert!(c.still_working(&rb.earlier[0]).is_none());
         let a2 = mine(&c, &key(1));
-        let r2 = a2.announce(&c, &[(x, 100)]).unwrap();
+        let r2 = a2.announce(&c, &[(x, 100), (z, 300)]).unwrap();
         assert_eq!(r2.earlier.len(), 1, "b is live and earlier now");
+        assert_eq!(
+            r2.earlier[0].contents.len(),
+            1,
+            "only the shared content is kept"
+        );
+        assert_eq!(r2.owner_of(&z, 300), Some(0));
+        let d2 = mine(&c, &key(3));
+        let r3 = d2.announce(&c, &[([9; 32], 9)]).unwrap();
+        assert!(r3.earlier.is_empty(), "nothing shared: nothing returned");
+        drop(d2);
         assert!(r2.seq > rb.seq);
         drop(b);
     }
@@ -311,5 +367,19 @@ mod tests {
         let b = mine(&c, &key(2));
         let rb = b.announce(&c, &[([1; 32], 100)]).unwrap();
         assert!(rb.earlier.is_empty());
+    }
+
+    #[test]
+    fn absurd_sequence_numbers_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Claims::new(d.path().join("claims"));
+        fs::create_dir_all(c.dir()).unwrap();
+        let dead = c
+            .dir()
+            .join(format!("{}{EXT}", key(7).replacen(':', "-", 1)));
+        fs::write(&dead, format!("{MAGIC}{}\n", u64::MAX)).unwrap();
+        let a = mine(&c, &key(1));
+        let ra = a.announce(&c, &[([1; 32], 100)]).unwrap();
+        assert_eq!(ra.seq, 1, "the u64::MAX file is not counted");
     }
 }

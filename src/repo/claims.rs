@@ -32,11 +32,13 @@
 //!   leaves them behind.
 //!
 //! Claims never wait: a caller that is told `Busy` decides what to do meanwhile (a pull
-//! fetches its other layers and comes back). A holder must not wait for another claim
-//! while holding one; the only wait under a claim is for *earlier* announcements, ordered
-//! by their sequence numbers, so the wait-for graph stays free of cycles. gc removes
-//! claim, partial and announcement files under the exclusive repository lock, when no
-//! pull can hold a claim (`doc/concurrency.md`).
+//! fetches its other layers and comes back). A holder must not wait for another blob
+//! claim while holding one. It waits under its claim for two things only, neither of
+//! which can close a cycle: *earlier* announcements (ordered by their sequence numbers,
+//! `announce.rs`), and contents other layers of the same process are fetching, which it
+//! does only after finishing its own such contents, so the layers it waits for never wait
+//! for it. gc removes claim, partial, `.wanted` and announcement files under the exclusive
+//! repository lock, when no pull can hold a claim (`doc/concurrency.md`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -53,6 +55,9 @@ use super::{ioe, RepoError};
 pub const PARTIAL_CHUNK: u64 = 64 * 1024;
 /// Size of one entry of the `.sums` file.
 const SUM_LEN: usize = 32;
+/// How long a caller that finds a claim locked waits before looking once more (see
+/// [`Claims::try_claim`]).
+const PROBE_GRACE: Duration = Duration::from_millis(1);
 /// Longest claim file read for the holder's pid.
 const MAX_PID_FILE: u64 = 32;
 
@@ -138,6 +143,7 @@ impl Claims {
     pub fn try_claim(&self, key: &str) -> Result<Claimed, RepoError> {
         let path = self.dir.join(Self::file_name(key)?);
         fs::create_dir_all(&self.dir).map_err(|e| ioe(&self.dir, "cannot create directory", e))?;
+        let mut retried = false;
         loop {
             let file = fs::OpenOptions::new()
                 .read(true)
@@ -148,6 +154,14 @@ impl Claims {
                 .map_err(|e| ioe(&path, "cannot open claim", e))?;
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) if !retried => {
+                    // Maybe nobody holds it and an announcement reader is probing it
+                    // (`announce::holder`, a shared lock held for two system calls):
+                    // look once more before saying busy.
+                    retried = true;
+                    std::thread::sleep(PROBE_GRACE);
+                    continue;
+                }
                 Err(rustix::io::Errno::WOULDBLOCK) => {
                     // Tell the holder that someone waits, so that it publishes its result
                     // as soon as it has one (see `ClaimGuard::wanted`).
@@ -383,6 +397,7 @@ impl Drop for ClaimGuard {
         let _ = fs::remove_file(self.side(".partial"));
         let _ = fs::remove_file(self.side(".sums"));
         let _ = fs::remove_file(self.side(".wanted"));
+        let _ = fs::remove_file(self.side(".contents-new"));
         super::announce::remove(&self.path);
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());

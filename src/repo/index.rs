@@ -185,6 +185,16 @@ impl ContentIndex<'_> {
     /// hashed is indexed under its real sha256, so it is never hashed again for the same
     /// content).
     pub fn find(&self, wanted: &[(Sha256Sum, u64)]) -> Result<Found, RepoError> {
+        self.find_with(wanted, true)
+    }
+
+    /// [`find`](Self::find) from the index alone: nothing is hashed. Cheap enough to poll
+    /// (the buckets of the wanted contents are read, nothing else).
+    pub fn find_indexed(&self, wanted: &[(Sha256Sum, u64)]) -> Found {
+        self.find_with(wanted, false).unwrap_or_default()
+    }
+
+    fn find_with(&self, wanted: &[(Sha256Sum, u64)], hash: bool) -> Result<Found, RepoError> {
         let mut found = Found::default();
         let buckets: HashSet<u8> = wanted.iter().map(|(s, _)| s[0]).collect();
         let known: HashMap<Sha256Sum, Vec<Digest>> = buckets
@@ -214,7 +224,7 @@ impl ContentIndex<'_> {
                 }
             }
         }
-        if missing.is_empty() {
+        if missing.is_empty() || !hash {
             return Ok(found);
         }
         let indexed: HashSet<Digest> = known.values().flatten().copied().collect();

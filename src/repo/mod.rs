@@ -197,7 +197,7 @@ impl Repository {
             verity_enforced: support.is_supported(),
         };
         let json = serde_json::to_vec_pretty(&meta).expect("meta serializes");
-        write_atomic(&root.join("meta.json"), &json, &root.join("tmp"))?;
+        install_meta(root, &json)?;
         sync_dir(root)?;
         Ok((Self::open(root, LockMode::Shared)?, support))
     }
@@ -591,6 +591,33 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
     })
 }
 
+/// Writes `meta.json` of a new repository unless one appeared meanwhile
+/// ([`RepoError::Exists`]): several processes may create one repository at once (two
+/// `strata pull` on a fresh `--repo`). The staging file is in the root, not in `tmp/`,
+/// which another process's `open` may empty at any moment; it is linked into place (which
+/// fails if the name exists), so exactly one creator wins and nobody waits for another.
+fn install_meta(root: &Path, json: &[u8]) -> Result<(), RepoError> {
+    use std::io::Write;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staged = root.join(format!(".meta.json.{}.{n}", std::process::id()));
+    let meta = root.join("meta.json");
+    let res = (|| {
+        let mut f = fs::File::create(&staged)?;
+        f.write_all(json)?;
+        f.sync_all()?;
+        fs::hard_link(&staged, &meta)
+    })();
+    let _ = fs::remove_file(&staged);
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(RepoError::Exists(root.to_path_buf()))
+        }
+        Err(e) => Err(ioe(&meta, "cannot write", e)),
+    }
+}
+
 /// fsyncs a directory (making renames in it durable).
 pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
     let fd = rustix::fs::open(
@@ -606,4 +633,35 @@ pub fn sync_dir(dir: &Path) -> Result<(), RepoError> {
 fn _assert_send() {
     fn s<T: Send + Sync>() {}
     s::<Repository>();
+}
+
+#[cfg(test)]
+mod create_tests {
+    use super::*;
+
+    /// Many processes (threads here: each opens its own lock file description) creating
+    /// one repository at once: exactly one creates it, every one opens it, and none
+    /// loses a file to another's tmp/ cleaning.
+    #[test]
+    fn concurrent_first_uses_create_one_repository() {
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let root = d.path().join("repo");
+            let created: Vec<bool> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..6)
+                    .map(|_| {
+                        let root = root.clone();
+                        s.spawn(move || {
+                            let (r, c) = Repository::open_or_create(&root, LockMode::Shared)
+                                .expect("open_or_create");
+                            assert_eq!(r.algorithm(), Algorithm::Sha256);
+                            c.is_some()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+        }
+    }
 }

@@ -66,7 +66,8 @@ pub struct PartialStats {
     pub files_fetched: u64,
     pub file_bytes_fetched: u64,
     /// Files whose contents were already in the repository (or fetched by another layer
-    /// of the same pull), and their uncompressed size.
+    /// of the same pull), and their uncompressed size. Files from other pulls are not
+    /// counted here but in `files_from_other_pulls`.
     pub files_reused: u64,
     pub bytes_reused: u64,
     /// Range requests made.
@@ -325,7 +326,9 @@ pub fn pull_layer(
             .filter(|f| f.size > crate::oci::tar::INLINE_MAX && seen.insert(f.sha256))
             .map(|f| (f.sha256, f.size))
             .collect();
-        claim.announce(&repo.claims(), &list)?
+        // An optimisation only: when announcements cannot be read or written (an I/O
+        // error in `claims/`), plan without (at worst a file crosses the network twice).
+        claim.announce(&repo.claims(), &list).unwrap_or_default()
     };
     let plan = plan::make(repo, &toc, shared, announced)?;
     stage("planned");
@@ -341,7 +344,8 @@ pub fn pull_layer(
             )),
         });
     }
-    progress.planned(plan.fetch_bytes());
+    let mut planned_here = plan.fetch_bytes();
+    progress.planned(planned_here);
     // 3. Fetch.
     let fetched = match fetch::fetch_plan(
         repo, image, layer, &toc, &plan, shared, progress, &mut stats,
@@ -367,6 +371,8 @@ pub fn pull_layer(
     if !contents.missing.is_empty() {
         // The pull these files were left to did not store them: fetch them here.
         let again = plan::Plan::refetch(std::mem::take(&mut contents.missing));
+        planned_here += again.fetch_bytes();
+        progress.planned(planned_here);
         match fetch::fetch_plan(
             repo, image, layer, &toc, &again, shared, progress, &mut stats,
         )? {
@@ -382,23 +388,19 @@ pub fn pull_layer(
             }
         }
     }
-    stats.files_reused = toc
-        .files
-        .iter()
-        .filter(|f| !contents.fetched_here.contains(&f.sha256))
-        .count() as u64;
+    // Every file of the TOC is counted once: fetched here, from another pull, or reused.
     for f in &toc.files {
+        if contents.fetched_here.contains(&f.sha256) {
+            continue;
+        }
         if contents.from_other_pulls.contains(&f.sha256) {
             stats.files_from_other_pulls += 1;
             stats.bytes_from_other_pulls += f.size;
+        } else {
+            stats.files_reused += 1;
+            stats.bytes_reused += f.size;
         }
     }
-    stats.bytes_reused = toc
-        .files
-        .iter()
-        .filter(|f| !contents.fetched_here.contains(&f.sha256))
-        .map(|f| f.size)
-        .sum();
     // 4. Rebuild through the importer; check the diff_id.
     let mut stream = rebuild::Rebuild::new(
         layer,

@@ -232,10 +232,23 @@ pub fn settle(
     owners.sort_by_key(|(o, _)| *o);
     let repo_claims = repo.claims();
     let mut missing = Vec::new();
+    let index = repo.content_index();
     for (owner, wanted) in owners {
         let a = &announced.earlier[owner];
         let mut waited = false;
-        while let Some(pid) = repo_claims.still_working(a) {
+        // Until the announcer has stored every content wanted from it (it indexes each as
+        // it is fetched, so this ends long before its layer does), or it stops working on
+        // them (finished, failed or dead: what it left is fetched here).
+        let mut remaining = wanted.clone();
+        loop {
+            let indexed = index.find_indexed(&remaining);
+            remaining.retain(|(sha, _)| !indexed.objects.contains_key(sha));
+            if remaining.is_empty() {
+                break;
+            }
+            let Some(pid) = repo_claims.still_working(a) else {
+                break;
+            };
             progress.waiting(&a.key, pid);
             waited = true;
             std::thread::sleep(WAIT_POLL);
@@ -243,7 +256,7 @@ pub fn settle(
         if waited {
             progress.waited();
         }
-        let found = repo.content_index().find(&wanted).unwrap_or_default();
+        let found = index.find(&wanted).unwrap_or_default();
         for (sha, _) in &wanted {
             match found.objects.get(sha) {
                 Some(d) => {
