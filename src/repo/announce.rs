@@ -103,7 +103,9 @@ fn read_file(
     if len > MAX_FILE {
         return None;
     }
-    let mut r = io::BufReader::with_capacity(64 * 1024, f);
+    // The header alone (every poll of a waiter) needs no big buffer.
+    let cap = if keep.is_some() { 64 * 1024 } else { 128 };
+    let mut r = io::BufReader::with_capacity(cap, f);
     let seq = read_header(&mut r)?;
     if seq > MAX_SEQ {
         return None;
@@ -209,7 +211,19 @@ impl ClaimGuard {
                 earlier.push((seq, key, pid, e.path()));
             }
         }
-        let seq = kept_seq.unwrap_or(max_seq + 1);
+        let seq = match kept_seq {
+            Some(s) => s,
+            // Readers would ignore a number above MAX_SEQ: refuse rather than announce
+            // unseen (the caller then plans without announcing).
+            None if max_seq >= MAX_SEQ => {
+                return Err(ioe(
+                    dir,
+                    "cannot announce",
+                    io::Error::other("sequence numbers exhausted (run gc)"),
+                ))
+            }
+            None => max_seq + 1,
+        };
         let keep: HashSet<(Sha256Sum, u64)> = contents.iter().copied().collect();
         let mut out = Announced {
             seq,

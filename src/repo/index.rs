@@ -71,6 +71,53 @@ pub enum EntryState {
     Wrong(PathBuf),
 }
 
+/// Follows the buckets of the content index as other processes append to them, for a
+/// pull waiting for contents another pull stores: each [`Watch::take_found`] reads only
+/// the records appended since the last (buckets only grow while pulls hold the shared
+/// repository lock; gc, which rewrites them, cannot run meanwhile).
+pub struct Watch<'a> {
+    index: &'a ContentIndex<'a>,
+    /// Per bucket: bytes already read (whole records).
+    offsets: HashMap<u8, u64>,
+}
+
+impl Watch<'_> {
+    /// Removes from `wanted` the contents the index now holds (object present with the
+    /// right size). Read errors count as "not yet".
+    pub fn take_found(&mut self, wanted: &mut Vec<(Sha256Sum, u64)>) {
+        use std::io::{Seek, SeekFrom};
+        let rec = self.index.record_size();
+        let alg = self.index.repo.algorithm();
+        let buckets: HashSet<u8> = wanted.iter().map(|(s, _)| s[0]).collect();
+        let mut appended: HashMap<Sha256Sum, Vec<Digest>> = HashMap::new();
+        for b in buckets {
+            let off = self.offsets.entry(b).or_insert(0);
+            let Ok(mut f) = fs::File::open(self.index.bucket(b)) else {
+                continue;
+            };
+            let mut data = Vec::new();
+            if f.seek(SeekFrom::Start(*off)).is_err() || f.read_to_end(&mut data).is_err() {
+                continue;
+            }
+            let whole = data.len() - data.len() % rec;
+            *off += whole as u64;
+            for r in data[..whole].chunks_exact(rec) {
+                let Ok(sha) = <Sha256Sum>::try_from(&r[..32]) else {
+                    continue;
+                };
+                if let Ok(d) = Digest::from_bytes(alg, &r[32..]) {
+                    appended.entry(sha).or_default().push(d);
+                }
+            }
+        }
+        wanted.retain(|(sha, size)| {
+            !appended
+                .get(sha)
+                .is_some_and(|ds| ds.iter().any(|d| self.index.present(d, *size)))
+        });
+    }
+}
+
 impl Repository {
     /// The content index (sha256 of contents → object).
     pub fn content_index(&self) -> ContentIndex<'_> {
@@ -180,21 +227,19 @@ impl ContentIndex<'_> {
         Ok(())
     }
 
+    /// Watches the index for contents other processes are storing: see [`Watch`].
+    pub fn watch(&self) -> Watch<'_> {
+        Watch {
+            index: self,
+            offsets: HashMap::new(),
+        }
+    }
+
     /// Finds objects for the wanted `(sha256, size)` contents: from the index first, then
     /// by hashing the objects whose size matches a content still missing (each object
     /// hashed is indexed under its real sha256, so it is never hashed again for the same
     /// content).
     pub fn find(&self, wanted: &[(Sha256Sum, u64)]) -> Result<Found, RepoError> {
-        self.find_with(wanted, true)
-    }
-
-    /// [`find`](Self::find) from the index alone: nothing is hashed. Cheap enough to poll
-    /// (the buckets of the wanted contents are read, nothing else).
-    pub fn find_indexed(&self, wanted: &[(Sha256Sum, u64)]) -> Found {
-        self.find_with(wanted, false).unwrap_or_default()
-    }
-
-    fn find_with(&self, wanted: &[(Sha256Sum, u64)], hash: bool) -> Result<Found, RepoError> {
         let mut found = Found::default();
         let buckets: HashSet<u8> = wanted.iter().map(|(s, _)| s[0]).collect();
         let known: HashMap<Sha256Sum, Vec<Digest>> = buckets
@@ -224,7 +269,7 @@ impl ContentIndex<'_> {
                 }
             }
         }
-        if missing.is_empty() || !hash {
+        if missing.is_empty() {
             return Ok(found);
         }
         let indexed: HashSet<Digest> = known.values().flatten().copied().collect();
@@ -386,6 +431,37 @@ mod tests {
 
     fn sha(data: &[u8]) -> Sha256Sum {
         Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn a_watch_sees_records_appended_since_its_last_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) = Repository::init(&dir.path().join("r"), Algorithm::Sha256, false).unwrap();
+        let (a, b) = (vec![1u8; 300], vec![2u8; 400]);
+        let (da, _) = repo.objects().add_bytes(&a).unwrap();
+        let (db, _) = repo.objects().add_bytes(&b).unwrap();
+        let idx = repo.content_index();
+        let mut watch = idx.watch();
+        let mut wanted = vec![(sha(&a), 300), (sha(&b), 400), ([5; 32], 10)];
+        watch.take_found(&mut wanted);
+        assert_eq!(wanted.len(), 3, "nothing indexed yet");
+        idx.insert(&sha(&a), &da).unwrap();
+        // A torn tail (a writer mid-append) is not read past.
+        let bucket = idx.bucket(sha(&b)[0]);
+        fs::create_dir_all(bucket.parent().unwrap()).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&bucket)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &sha(&b)[..20]).unwrap();
+        watch.take_found(&mut wanted);
+        assert_eq!(wanted, vec![(sha(&b), 400), ([5; 32], 10)]);
+        idx.insert(&sha(&b), &db).unwrap(); // cuts the torn tail, appends whole
+                                            // A record whose size does not match is not taken.
+        idx.insert(&[5; 32], &db).unwrap();
+        watch.take_found(&mut wanted);
+        assert_eq!(wanted, vec![([5; 32], 10)]);
     }
 
     #[test]

@@ -238,6 +238,7 @@ impl Repository {
         // Clean tmp/ when nobody else has the repository open.
         if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
             clean_dir(&root.join("tmp"));
+            remove_meta_staging(root);
             if mode == LockMode::Shared {
                 rustix::fs::flock(&lock, FlockOperation::LockShared)
                     .map_err(|e| ioe(root, "cannot lock", e))?;
@@ -591,6 +592,25 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
     })
 }
 
+/// Prefix of the staging files of `meta.json` in a repository's root; ones left by a crash
+/// are removed by the next lone `open`.
+const META_STAGING: &str = ".meta.json.";
+
+/// A name part no other process or thread picks at the same moment: pid, thread, time and
+/// a counter, hashed with the standard library's per-process random keys.
+fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    std::process::id().hash(&mut h);
+    std::thread::current().id().hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    COUNTER
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .hash(&mut h);
+    format!("{}.{:016x}", std::process::id(), h.finish())
+}
+
 /// Writes `meta.json` of a new repository unless one appeared meanwhile
 /// ([`RepoError::Exists`]): several processes may create one repository at once (two
 /// `strata pull` on a fresh `--repo`). The staging file is in the root, not in `tmp/`,
@@ -598,23 +618,55 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
 /// fails if the name exists), so exactly one creator wins and nobody waits for another.
 fn install_meta(root: &Path, json: &[u8]) -> Result<(), RepoError> {
     use std::io::Write;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let staged = root.join(format!(".meta.json.{}.{n}", std::process::id()));
     let meta = root.join("meta.json");
-    let res = (|| {
-        let mut f = fs::File::create(&staged)?;
-        f.write_all(json)?;
-        f.sync_all()?;
-        fs::hard_link(&staged, &meta)
-    })();
-    let _ = fs::remove_file(&staged);
-    match res {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(RepoError::Exists(root.to_path_buf()))
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        // Unique among processes that may share the pid (containers sharing a volume), and
+        // created exclusively: a clash makes a new name, never truncates another's file.
+        let staged = root.join(format!("{META_STAGING}{}", unique_suffix()));
+        let mut f = match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staged)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(ioe(&staged, "cannot create", e)),
+        };
+        // Locked while it is ours: `remove_meta_staging` takes only unlocked ones.
+        let res = rustix::fs::flock(&f, FlockOperation::LockExclusive)
+            .map_err(io::Error::from)
+            .and_then(|()| f.write_all(json))
+            .and_then(|()| f.sync_all())
+            .and_then(|()| fs::hard_link(&staged, &meta));
+        let _ = fs::remove_file(&staged);
+        match res {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RepoError::Exists(root.to_path_buf()))
+            }
+            // Removed by a cleaner between our create and our lock: again, new name.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = e,
+            Err(e) => return Err(ioe(&meta, "cannot write", e)),
         }
-        Err(e) => Err(ioe(&meta, "cannot write", e)),
+    }
+    Err(ioe(&meta, "cannot write", last))
+}
+
+/// Removes `meta.json` staging files left in `root` by creators that died: those nobody
+/// holds locked (a live creator locks its file from just after creating it to its
+/// removal; one caught in between retries under a new name).
+fn remove_meta_staging(root: &Path) {
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with(META_STAGING) {
+            continue;
+        }
+        let Ok(f) = fs::File::open(e.path()) else {
+            continue;
+        };
+        if rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
@@ -662,6 +714,28 @@ mod create_tests {
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+            let left: Vec<_> = fs::read_dir(&root)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(META_STAGING))
+                .collect();
+            assert!(left.is_empty(), "staging files left: {left:?}");
         }
+    }
+
+    #[test]
+    fn a_dead_creators_staging_file_goes_a_live_ones_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("repo");
+        drop(Repository::open_or_create(&root, LockMode::Shared).unwrap());
+        let dead = root.join(format!("{META_STAGING}1.dead"));
+        let live = root.join(format!("{META_STAGING}2.live"));
+        fs::write(&dead, b"{").unwrap();
+        fs::write(&live, b"{").unwrap();
+        let held = fs::File::open(&live).unwrap();
+        rustix::fs::flock(&held, FlockOperation::LockExclusive).unwrap();
+        drop(Repository::open(&root, LockMode::Shared).unwrap());
+        assert!(!dead.exists(), "unlocked: its creator died");
+        assert!(live.exists(), "locked: its creator is at work");
     }
 }

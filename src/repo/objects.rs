@@ -483,18 +483,19 @@ impl ObjectDir {
         }
     }
 
-    /// Makes one object durable: its data and its name (fsync of the file and of its
-    /// `XX/` directory). For a few small objects that a ref must name at once; many
-    /// objects are cheaper with one [`sync`](Self::sync).
+    /// Makes one object durable: its data and its name (fsync of the file, of its `XX/`
+    /// directory and of the object directory, which `XX/` may be new in). For a few small
+    /// objects that a ref must name at once; many objects are cheaper with one
+    /// [`sync`](Self::sync).
     pub fn sync_one(&self, digest: &Digest) -> Result<(), ObjectError> {
         let path = self.object_path(digest);
-        fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| oe(&path, "fsync", e))?;
-        let dir = path.parent().unwrap_or(&self.path);
-        fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| oe(dir, "fsync", e))
+        let prefix = path.parent().unwrap_or(&self.path).to_path_buf();
+        for p in [&path, &prefix, &self.path] {
+            fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| oe(p, "fsync", e))?;
+        }
+        Ok(())
     }
 
     /// Flushes everything written to the object directory's filesystem.

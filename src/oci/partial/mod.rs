@@ -388,7 +388,9 @@ pub fn pull_layer(
             }
         }
     }
-    // Every file of the TOC is counted once: fetched here, from another pull, or reused.
+    // Every TOC entry not fetched here counts once, as from another pull or reused
+    // (`files_fetched` counts distinct contents fetched: with repeated contents in one
+    // TOC, the three do not add up to the entries).
     for f in &toc.files {
         if contents.fetched_here.contains(&f.sha256) {
             continue;

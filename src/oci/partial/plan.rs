@@ -236,19 +236,18 @@ pub fn settle(
     for (owner, wanted) in owners {
         let a = &announced.earlier[owner];
         let mut waited = false;
-        // Until the announcer has stored every content wanted from it (it indexes each as
-        // it is fetched, so this ends long before its layer does), or it stops working on
-        // them (finished, failed or dead: what it left is fetched here).
+        // Until the announcer has stored every content wanted from it (a partial announcer
+        // indexes each file as it is stored, so this can end long before its layer does;
+        // a full pull indexes nothing), or it stops working on them (finished, failed or
+        // dead: what it left is fetched here).
+        // Each look reads only the index records appended since the previous one.
         let mut remaining = wanted.clone();
-        loop {
-            let indexed = index.find_indexed(&remaining);
-            remaining.retain(|(sha, _)| !indexed.objects.contains_key(sha));
+        let mut watch = index.watch();
+        while let Some(pid) = repo_claims.still_working(a) {
+            watch.take_found(&mut remaining);
             if remaining.is_empty() {
                 break;
             }
-            let Some(pid) = repo_claims.still_working(a) else {
-                break;
-            };
             progress.waiting(&a.key, pid);
             waited = true;
             std::thread::sleep(WAIT_POLL);
