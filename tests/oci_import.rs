@@ -1522,3 +1522,44 @@ fn many_layers_of_large_files_do_not_deadlock() {
     );
     fsck_clean(&repo);
 }
+
+/// Two images with one tree (a squashed copy of a layered one) share an image id, but not
+/// their layers: gc keeps the layers of both as long as the image is named, so each can
+/// still be rebuilt byte for byte.
+#[test]
+fn gc_keeps_the_layers_of_every_image_sharing_a_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let mut lay = Layout::new(&tmp.path().join("layout"));
+    let (a, b) = (body("first ", 3000), body("second ", 4000));
+    let lower = tar_of(&[dir("etc"), file("etc/a", &a)]);
+    let upper = tar_of(&[file("etc/b", &b)]);
+    let flat = tar_of(&[dir("etc"), file("etc/a", &a), file("etc/b", &b)]);
+    lay.image(
+        "layered",
+        &[
+            Layout::layer(Comp::Gzip, &lower),
+            Layout::layer(Comp::Gzip, &upper),
+        ],
+    );
+    lay.image("squashed", &[Layout::layer(Comp::Gzip, &flat)]);
+    let vl = pull_json(&repo, &lay.source("layered"), "layered");
+    let vs = pull_json(&repo, &lay.source("squashed"), "squashed");
+    assert_eq!(vl["image_id"], vs["image_id"], "one tree, one image id");
+    let gc = ok(&strata(&repo, &["--json", "gc"]));
+    let gc: Value = serde_json::from_slice(&gc).unwrap();
+    assert_eq!(gc["objects_removed"], 0, "{gc:#}");
+    for tar in [&lower, &upper, &flat] {
+        let got = ok(&strata(&repo, &["layer", "cat", &sha(tar)]));
+        assert!(got == *tar, "layer {} differs after gc", sha(tar));
+    }
+    fsck_clean(&repo);
+    // Without its names the image goes, with the layers of both.
+    ok(&strata(&repo, &["rm", "layered"]));
+    ok(&strata(&repo, &["rm", "squashed"]));
+    ok(&strata(&repo, &["gc"]));
+    for tar in [&lower, &upper, &flat] {
+        err(&strata(&repo, &["layer", "cat", &sha(tar)]));
+    }
+    fsck_clean(&repo);
+}

@@ -280,13 +280,6 @@ impl Claims {
     }
 }
 
-/// Removes a claim's announcement (by its holder, before releasing the claim).
-pub(crate) fn remove(claim_path: &Path) {
-    let mut p = claim_path.as_os_str().to_owned();
-    p.push(EXT);
-    let _ = fs::remove_file(PathBuf::from(p));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

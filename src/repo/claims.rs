@@ -398,7 +398,7 @@ impl Drop for ClaimGuard {
         let _ = fs::remove_file(self.side(".sums"));
         let _ = fs::remove_file(self.side(".wanted"));
         let _ = fs::remove_file(self.side(".contents-new"));
-        super::announce::remove(&self.path);
+        let _ = fs::remove_file(self.side(".contents")); // the announcement (announce.rs)
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());
     }

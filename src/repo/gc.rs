@@ -10,7 +10,8 @@
 //!
 //! Roots: every image a name (`refs/images/`) reaches, every image in
 //! `in_use` (mounted, booted) and every image with a deployment record
-//! (`deployments/<image id>.json`, see `deployments.rs`).
+//! (`deployments/<image id>.json`, see `deployments.rs`). A live image's records (each
+//! under `refs/records/<image id>` or `refs/manifests/<hex>`) keep what they list.
 
 use std::collections::HashSet;
 use std::fs;
@@ -70,25 +71,39 @@ impl Repository {
             }
         }
         let mut live: HashSet<Vec<u8>> = HashSet::new();
-        // Records of live images keep their objects and refs.
+        // Records of live images keep their objects and refs. An image has one record
+        // per way it was imported: `refs/records/<image id>` names the latest, and
+        // `refs/manifests/<hex>` each OCI manifest's (two manifests whose layers differ
+        // can build one tree, e.g. a squashed copy: both keep their layers).
         let mut live_refs: HashSet<(String, String)> = HashSet::new();
-        for (name, d) in self.list_refs("records") {
-            let Some(d) = d.filter(|d| live_images.contains(&name) && self.objects.contains(d))
-            else {
-                continue;
-            };
-            let bytes = self.read_object(&d)?;
-            let record: super::Record = serde_json::from_slice(&bytes).map_err(|e| {
-                ioe(
-                    self.objects.object_path(&d),
-                    "corrupt record",
-                    std::io::Error::other(e),
-                )
-            })?;
-            live.insert(d.object_path().into_bytes());
-            live.extend(record.keeps.iter().map(|k| k.as_bytes().to_vec()));
-            live_refs.insert(("records".to_string(), name));
-            live_refs.extend(record.refs.iter().cloned());
+        let mut seen_records = HashSet::new();
+        for ns in ["records", "manifests"] {
+            for (name, d) in self.list_refs(ns) {
+                let Some(d) = d.filter(|d| self.objects.contains(d)) else {
+                    continue;
+                };
+                if ns == "records" && !live_images.contains(&name) {
+                    continue;
+                }
+                let bytes = self.read_object(&d)?;
+                let record: super::Record = serde_json::from_slice(&bytes).map_err(|e| {
+                    ioe(
+                        self.objects.object_path(&d),
+                        "corrupt record",
+                        std::io::Error::other(e),
+                    )
+                })?;
+                if !live_images.contains(&record.image) {
+                    continue;
+                }
+                live_refs.insert((ns.to_string(), name));
+                if !seen_records.insert(d) {
+                    continue;
+                }
+                live.insert(d.object_path().into_bytes());
+                live.extend(record.keeps.iter().map(|k| k.as_bytes().to_vec()));
+                live_refs.extend(record.refs.iter().cloned());
+            }
         }
         // Refs outside refs/images that no live record claims.
         let refs_dir = self.root.join("refs");

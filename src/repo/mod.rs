@@ -7,7 +7,12 @@
 //! REPO/refs/images/<name>        symlink → ../../images/<image id> (GC roots)
 //! REPO/deployments/<image id>.json  deployment records (GC roots; see deployments.rs)
 //! REPO/tmp/                      staging; cleaned when the repository is opened alone
-//! REPO/claims/<alg>-<hex>[.partial|.sums]  fetch claims and partial downloads (claims.rs)
+//! REPO/refs/records/<image id>  symlink → the image's latest record (below)
+//! REPO/refs/manifests/<hex>      symlink → the record of the import of that OCI manifest
+//! REPO/refs/layers/<diff_id hex> symlink → a layer's splitstream; refs/blobs/<hex>: blobs
+//! REPO/index/sha256/XX           the content index (index.rs)
+//! REPO/claims/<alg>-<hex>[.partial|.sums|.wanted|.contents]  fetch claims, partial
+//!                                downloads, announcements (claims.rs, announce.rs)
 //! REPO/lock                      flock: shared for readers and writers, exclusive for gc
 //! ```
 //!
@@ -503,11 +508,13 @@ impl Repository {
 }
 
 /// Metadata that travels with an image (e.g. how an OCI image was imported),
-/// stored as an object under `refs/records/<image id>`. `keeps` lists the
-/// objects (`XX/YYYY…`) it needs beyond the image's own (manifests, configs,
-/// splitstreams and their payloads); `refs` the refs in other namespaces
-/// that belong to it. gc keeps both while the image is named, and removes
-/// them with it. Other fields are the importer's own.
+/// stored as an object under `refs/records/<image id>` (and, for an OCI import, under
+/// `refs/manifests/<manifest hex>`). `keeps` lists the objects (`XX/YYYY…`) it needs
+/// beyond the image's own (manifests, configs, splitstreams and their payloads); `refs`
+/// the refs in other namespaces that belong to it. gc keeps both while the image is
+/// named, and removes them with it. One image may have several records: two manifests
+/// with different layers can build one tree (a squashed copy), and each keeps its
+/// layers through its `refs/manifests` ref. Other fields are the importer's own.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Record {
     pub image: String,
