@@ -1546,6 +1546,29 @@ fn gc_keeps_the_layers_of_every_image_sharing_a_tree() {
     let vl = pull_json(&repo, &lay.source("layered"), "layered");
     let vs = pull_json(&repo, &lay.source("squashed"), "squashed");
     assert_eq!(vl["image_id"], vs["image_id"], "one tree, one image id");
+    // Each name shows the manifest and layers it was pulled with.
+    let layers_of = |name: &str| {
+        let v: Value =
+            serde_json::from_slice(&ok(&strata(&repo, &["--json", "inspect", name]))).unwrap();
+        let diff_ids: Vec<String> = v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["diff_id"].as_str().unwrap().to_string())
+            .collect();
+        (v["manifest_digest"].clone(), diff_ids)
+    };
+    let want_l = (
+        vl["manifest_digest"].clone(),
+        vec![sha(&lower), sha(&upper)],
+    );
+    let want_s = (vs["manifest_digest"].clone(), vec![sha(&flat)]);
+    assert_eq!(layers_of("layered"), want_l);
+    assert_eq!(layers_of("squashed"), want_s);
+    // Pulling again (already present) under another name keeps the pairing.
+    let again = pull_json(&repo, &lay.source("layered"), "layered-too");
+    assert_eq!(again["already_present"], true);
+    assert_eq!(layers_of("layered-too"), want_l);
     let gc = ok(&strata(&repo, &["--json", "gc"]));
     let gc: Value = serde_json::from_slice(&gc).unwrap();
     assert_eq!(gc["objects_removed"], 0, "{gc:#}");
@@ -1553,8 +1576,11 @@ fn gc_keeps_the_layers_of_every_image_sharing_a_tree() {
         let got = ok(&strata(&repo, &["layer", "cat", &sha(tar)]));
         assert!(got == *tar, "layer {} differs after gc", sha(tar));
     }
+    assert_eq!(layers_of("layered"), want_l, "after gc");
+    assert_eq!(layers_of("squashed"), want_s, "after gc");
     fsck_clean(&repo);
     // Without its names the image goes, with the layers of both.
+    ok(&strata(&repo, &["rm", "layered-too"]));
     ok(&strata(&repo, &["rm", "layered"]));
     ok(&strata(&repo, &["rm", "squashed"]));
     ok(&strata(&repo, &["gc"]));

@@ -231,7 +231,7 @@ fn print_summary(g: &Global, r: &PullReport) {
 fn oci_info(repo: &Repository, name: &str) -> Result<(Digest, OciInfo)> {
     let id = repo.resolve(name)?;
     let rec = repo
-        .record(&id)
+        .record_named(name, &id)
         .with_context(|| format!("{name}: not an imported OCI image (no record)"))?;
     let info: OciInfo = serde_json::from_value(
         rec.extra

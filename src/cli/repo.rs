@@ -152,7 +152,7 @@ pub fn images(g: &Global) -> Result<()> {
         match id.and_then(|id| repo.resolve(&id).ok()) {
             Some(d) => {
                 // Where an imported image came from (docker://…, oci:…); none for create-image.
-                let source = repo.record(&d).and_then(|r| {
+                let source = repo.record_named(&name, &d).and_then(|r| {
                     r.extra
                         .get("oci")
                         .and_then(|o| o.get("source"))

@@ -261,6 +261,9 @@ pub fn pull(
         {
             // Re-linking images/<id> costs nothing and repairs a half-written tag.
             repo.commit_image_link(&id, name)?;
+            if let Some(n) = name {
+                repo.name_record(n, &record)?;
+            }
             return Ok(PullReport {
                 image_id: id.to_hex(),
                 manifest_digest: choice.manifest_digest,
@@ -405,6 +408,7 @@ pub fn pull(
     repo.set_ref("manifests", hex_of(&img.manifest_digest), &record_obj)?;
     if let Some(n) = name {
         repo.tag_image(&image_id, n)?;
+        repo.name_record(n, &record_obj)?;
     }
     let (objects_written, bytes_written) = repo.objects().written();
     Ok(PullReport {

@@ -11,7 +11,8 @@
 //! Roots: every image a name (`refs/images/`) reaches, every image in
 //! `in_use` (mounted, booted) and every image with a deployment record
 //! (`deployments/<image id>.json`, see `deployments.rs`). A live image's records (each
-//! under `refs/records/<image id>` or `refs/manifests/<hex>`) keep what they list.
+//! under `refs/records/<image id>`, `refs/manifests/<hex>` or `refs/names/<name>`) keep
+//! what they list.
 
 use std::collections::HashSet;
 use std::fs;
@@ -75,9 +76,15 @@ impl Repository {
         // per way it was imported: `refs/records/<image id>` names the latest, and
         // `refs/manifests/<hex>` each OCI manifest's (two manifests whose layers differ
         // can build one tree, e.g. a squashed copy: both keep their layers).
+        // `refs/names/<name>` stays while the name still names the record's image.
+        let names: std::collections::HashMap<String, String> = self
+            .image_refs()?
+            .into_iter()
+            .filter_map(|(n, id)| Some((n, id?)))
+            .collect();
         let mut live_refs: HashSet<(String, String)> = HashSet::new();
         let mut seen_records = HashSet::new();
-        for ns in ["records", "manifests"] {
+        for ns in ["records", "manifests", "names"] {
             for (name, d) in self.list_refs(ns) {
                 let Some(d) = d.filter(|d| self.objects.contains(d)) else {
                     continue;
@@ -93,7 +100,9 @@ impl Repository {
                         std::io::Error::other(e),
                     )
                 })?;
-                if !live_images.contains(&record.image) {
+                if !live_images.contains(&record.image)
+                    || (ns == "names" && names.get(&name) != Some(&record.image))
+                {
                     continue;
                 }
                 live_refs.insert((ns.to_string(), name));

@@ -9,6 +9,7 @@
 //! REPO/tmp/                      staging; cleaned when the repository is opened alone
 //! REPO/refs/records/<image id>  symlink → the image's latest record (below)
 //! REPO/refs/manifests/<hex>      symlink → the record of the import of that OCI manifest
+//! REPO/refs/names/<name>         symlink → the record of the import that set that name
 //! REPO/refs/layers/<diff_id hex> symlink → a layer's splitstream; refs/blobs/<hex>: blobs
 //! REPO/index/sha256/XX           the content index (index.rs)
 //! REPO/claims/<alg>-<hex>[.partial|.sums|.wanted|.contents]  fetch claims, partial
@@ -498,7 +499,10 @@ impl Repository {
         check_name(name)?;
         let p = self.root.join("refs/images").join(name);
         match fs::remove_file(&p) {
-            Ok(()) => sync_dir(&self.root.join("refs/images")),
+            Ok(()) => {
+                self.remove_ns_ref("names", name)?;
+                sync_dir(&self.root.join("refs/images"))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(RepoError::NoSuchImage(name.into()))
             }
@@ -509,7 +513,7 @@ impl Repository {
 
 /// Metadata that travels with an image (e.g. how an OCI image was imported),
 /// stored as an object under `refs/records/<image id>` (and, for an OCI import, under
-/// `refs/manifests/<manifest hex>`). `keeps` lists the objects (`XX/YYYY…`) it needs
+/// `refs/manifests/<manifest hex>` and `refs/names/<name>`). `keeps` lists the objects (`XX/YYYY…`) it needs
 /// beyond the image's own (manifests, configs, splitstreams and their payloads); `refs`
 /// the refs in other namespaces that belong to it. gc keeps both while the image is
 /// named, and removes them with it. One image may have several records: two manifests
@@ -535,10 +539,33 @@ impl Repository {
         Ok(d)
     }
 
-    /// Reads the record of an image, if it has one.
+    /// Reads the record of an image, if it has one (its latest, when several imports
+    /// built it: see [`Record`]).
     pub fn record(&self, image: &Digest) -> Option<Record> {
         let d = self.get_ref("records", &image.to_hex())?;
-        serde_json::from_slice(&self.read_object(&d).ok()?).ok()
+        self.read_record(&d)
+    }
+
+    /// The record of the import that set the name `name` on image `image`
+    /// (`refs/names/<name>`), else the image's latest. Two images with one tree (a squashed
+    /// copy and its layered original) share an id; each name keeps its own layers.
+    pub fn record_named(&self, name: &str, image: &Digest) -> Option<Record> {
+        check_name(name)
+            .ok()
+            .and_then(|()| self.get_ref("names", name))
+            .and_then(|d| self.read_record(&d))
+            .filter(|r| r.image == image.to_hex())
+            .or_else(|| self.record(image))
+    }
+
+    /// Remembers that the name `name` was set by the import whose record is `record`.
+    pub fn name_record(&self, name: &str, record: &Digest) -> Result<(), RepoError> {
+        check_name(name)?;
+        self.set_ref("names", name, record)
+    }
+
+    fn read_record(&self, d: &Digest) -> Option<Record> {
+        serde_json::from_slice(&self.read_object(d).ok()?).ok()
     }
 }
 
