@@ -15,8 +15,11 @@
 //! strictly falling sequence numbers and cannot form a cycle, whatever the timing.
 //!
 //! The file lives exactly as long as the claim: the holder writes it while holding the
-//! claim and [`super::claims::ClaimGuard`]'s drop removes it before releasing. A holder
-//! that died leaves it behind, unlocked, and readers ignore it. The blob's next holder
+//! claim, keeps it `flock`ed (`LOCK_EX`, taken before it is renamed into place) and
+//! [`super::claims::ClaimGuard`]'s drop removes it before releasing. Readers tell a live
+//! announcement by that lock (a shared probe fails), never by probing the claim file, so
+//! they cannot make a free claim look taken. A holder that died leaves the file behind,
+//! unlocked, and readers ignore it. The blob's next holder
 //! (its successor) reuses the dead holder's sequence number when it announces, instead of
 //! taking a new one: pulls that waited for the dead holder now wait for the successor, and
 //! since every announcement the successor sees as earlier has a lower number, it never
@@ -149,14 +152,15 @@ fn read_record(r: &mut impl Read, rec: &mut [u8; RECORD]) -> Option<bool> {
     }
 }
 
-/// Whether the claim file at `claim` is locked by a live holder, and its pid.
-fn holder(claim: &Path) -> Option<Option<u32>> {
-    let f = File::open(claim).ok()?;
+/// Whether the announcement at `contents` is locked by its live holder (a shared `flock`
+/// probe fails), and the holder's pid from its claim file `claim`.
+fn holder(contents: &Path, claim: &Path) -> Option<Option<u32>> {
+    let f = File::open(contents).ok()?;
     match rustix::fs::flock(&f, FlockOperation::NonBlockingLockShared) {
         Ok(()) => None,
         Err(_) => {
             let mut s = String::new();
-            let _ = (&f).take(32).read_to_string(&mut s);
+            let _ = File::open(claim).map(|c| c.take(32).read_to_string(&mut s));
             Some(s.trim().parse().ok())
         }
     }
@@ -207,7 +211,7 @@ impl ClaimGuard {
                 continue;
             };
             max_seq = max_seq.max(seq);
-            if let Some(pid) = holder(&dir.join(&base)) {
+            if let Some(pid) = holder(&e.path(), &dir.join(&base)) {
                 earlier.push((seq, key, pid, e.path()));
             }
         }
@@ -245,13 +249,17 @@ impl ClaimGuard {
             }
         }
         out.earlier.sort_by_key(|a| a.seq);
-        write_file(&own, seq, contents)?;
+        let file = write_file(&own, seq, contents)?;
+        *self.announcement.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
         drop(lock);
         Ok(out)
     }
 }
 
-fn write_file(path: &Path, seq: u64, contents: &[(Sha256Sum, u64)]) -> Result<(), RepoError> {
+/// Writes an announcement (staged, renamed into place) and returns it open and locked
+/// (`LOCK_EX`, taken before the rename: no reader ever sees it unlocked while its holder
+/// lives).
+fn write_file(path: &Path, seq: u64, contents: &[(Sha256Sum, u64)]) -> Result<File, RepoError> {
     let mut tmp = PathBuf::from(path.as_os_str().to_owned());
     tmp.set_extension("contents-new");
     let mut buf = Vec::with_capacity(32 + contents.len() * RECORD);
@@ -260,10 +268,13 @@ fn write_file(path: &Path, seq: u64, contents: &[(Sha256Sum, u64)]) -> Result<()
         buf.extend_from_slice(sha);
         buf.extend_from_slice(&size.to_le_bytes());
     }
-    File::create(&tmp)
-        .and_then(|mut f| f.write_all(&buf))
+    let mut f = File::create(&tmp).map_err(|e| ioe(&tmp, "cannot create", e))?;
+    rustix::fs::flock(&f, FlockOperation::LockExclusive)
+        .map_err(|e| ioe(&tmp, "cannot lock", e))?;
+    f.write_all(&buf)
         .map_err(|e| ioe(&tmp, "cannot write", e))?;
-    fs::rename(&tmp, path).map_err(|e| ioe(path, "cannot rename into place", e))
+    fs::rename(&tmp, path).map_err(|e| ioe(path, "cannot rename into place", e))?;
+    Ok(f)
 }
 
 impl Claims {
@@ -276,7 +287,7 @@ impl Claims {
         if seq != a.seq {
             return None;
         }
-        holder(&self.dir().join(base))
+        holder(&path, &self.dir().join(base))
     }
 }
 
@@ -374,6 +385,38 @@ mod tests {
         let b = mine(&c, &key(2));
         let rb = b.announce(&c, &[([1; 32], 100)]).unwrap();
         assert!(rb.earlier.is_empty());
+    }
+
+    #[test]
+    fn readers_never_make_a_free_claim_look_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Claims::new(d.path().join("claims"));
+        // A holder of key 1 announced and died: its claim file and announcement stay.
+        let dead = mine(&c, &key(1));
+        dead.announce(&c, &[([1; 32], 100)]).unwrap();
+        dead.die();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let busy = std::thread::scope(|s| {
+            // Another pull announcing over and over: each time it reads key 1's
+            // announcement and asks whether its holder lives.
+            s.spawn(|| {
+                let g = mine(&c, &key(2));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    g.announce(&c, &[([1; 32], 100)]).unwrap();
+                }
+            });
+            let mut busy = 0;
+            for _ in 0..1000 {
+                // No second look: any "busy" would be the reader's doing.
+                match c.try_claim_with(&key(1), false).unwrap() {
+                    Claimed::Mine(g) => g.die(), // and again: the files stay
+                    Claimed::Busy { .. } => busy += 1,
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            busy
+        });
+        assert_eq!(busy, 0, "a free claim looked taken {busy} times");
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct ClaimGuard {
     key: String,
     path: PathBuf,
     file: Option<File>,
+    /// The announcement file (`announce.rs`), locked for as long as the claim is held:
+    /// readers probe *it*, never the claim file, so a probe cannot make the claim look
+    /// taken to a caller of [`Claims::try_claim`].
+    pub(super) announcement: std::sync::Mutex<Option<File>>,
 }
 
 /// A partial download under a claim: the verified prefix to read back, and the writer
@@ -141,9 +145,14 @@ impl Claims {
 
     /// Claims `key` if nobody holds it. Never blocks.
     pub fn try_claim(&self, key: &str) -> Result<Claimed, RepoError> {
+        self.try_claim_with(key, true)
+    }
+
+    /// [`try_claim`](Self::try_claim); without `grace`, the first `EWOULDBLOCK` is final.
+    pub(crate) fn try_claim_with(&self, key: &str, grace: bool) -> Result<Claimed, RepoError> {
         let path = self.dir.join(Self::file_name(key)?);
         fs::create_dir_all(&self.dir).map_err(|e| ioe(&self.dir, "cannot create directory", e))?;
-        let mut retried = false;
+        let mut retried = !grace;
         loop {
             let file = fs::OpenOptions::new()
                 .read(true)
@@ -155,9 +164,10 @@ impl Claims {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) if !retried => {
-                    // Maybe nobody holds it and an announcement reader is probing it
-                    // (`announce::holder`, a shared lock held for two system calls):
-                    // look once more before saying busy.
+                    // Maybe nobody holds it and `Claims::count` (fsck's report) is
+                    // probing it with a shared lock held for two system calls: look once
+                    // more before saying busy. (Pulls never probe claim files: they probe
+                    // announcements, see `announcement`.)
                     retried = true;
                     std::thread::sleep(PROBE_GRACE);
                     continue;
@@ -192,6 +202,7 @@ impl Claims {
                 key: key.to_string(),
                 path,
                 file: Some(file),
+                announcement: std::sync::Mutex::new(None),
             }));
         }
     }
@@ -349,6 +360,7 @@ impl ClaimGuard {
     /// The holder dies: the lock goes, every file stays.
     pub(crate) fn die(mut self) {
         drop(self.file.take());
+        drop(self.announcement_file());
         std::mem::forget(self);
     }
 }
@@ -390,6 +402,15 @@ impl PartialWriter {
     }
 }
 
+impl ClaimGuard {
+    fn announcement_file(&self) -> Option<File> {
+        self.announcement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         // Partial files first, then the claim file, all while the lock is held; closing
@@ -399,6 +420,7 @@ impl Drop for ClaimGuard {
         let _ = fs::remove_file(self.side(".wanted"));
         let _ = fs::remove_file(self.side(".contents-new"));
         let _ = fs::remove_file(self.side(".contents")); // the announcement (announce.rs)
+        drop(self.announcement_file());
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());
     }
