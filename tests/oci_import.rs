@@ -1589,3 +1589,47 @@ fn gc_keeps_the_layers_of_every_image_sharing_a_tree() {
     }
     fsck_clean(&repo);
 }
+
+/// A record under refs/manifests that is not a record (another version's, or garbage) does
+/// not stop gc: it is kept, counted, and everything else is collected as usual.
+#[test]
+fn gc_goes_on_past_an_unreadable_import_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let lay = seeded(tmp.path());
+    let obj = non_json_object(&repo.join("objects"));
+    let rel = obj.strip_prefix(&repo).unwrap();
+    let link = repo.join("refs/manifests").join("ab".repeat(32));
+    std::os::unix::fs::symlink(Path::new("../..").join(rel), &link).unwrap();
+    let gc: Value = serde_json::from_slice(&ok(&strata(&repo, &["--json", "gc"]))).unwrap();
+    assert_eq!(gc["records_unreadable"], 1, "{gc:#}");
+    assert!(link.symlink_metadata().is_ok(), "the ref is kept");
+    assert!(obj.exists(), "its object is kept");
+    let text = strata(&repo, &["gc"]);
+    assert!(text.status.success());
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        stderr.contains("1 import record(s) under refs/manifests or refs/names could not be read"),
+        "{stderr}"
+    );
+    // The image itself is untouched.
+    let v = pull_json(&repo, &lay.source("good"), "good");
+    assert_eq!(v["already_present"], true);
+    assert!(!ok(&strata(&repo, &["dump", "good"])).is_empty());
+    fsck_clean(&repo);
+}
+
+/// An object whose bytes are not JSON (a file's contents, an image).
+fn non_json_object(objects: &Path) -> PathBuf {
+    for d in fs::read_dir(objects).unwrap().flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(d.path()).unwrap().flatten() {
+            if serde_json::from_slice::<Value>(&fs::read(f.path()).unwrap()).is_err() {
+                return f.path();
+            }
+        }
+    }
+    panic!("no non-JSON object in {}", objects.display());
+}

@@ -294,6 +294,12 @@ pub fn gc(g: &Global, dry_run: bool, places: &GcPlaces) -> Result<()> {
                 n => format!(" ({n} unnamed image(s) kept: mounted or booted)"),
             }
         );
+        if r.records_unreadable > 0 {
+            g.note(&format!(
+                "{} import record(s) under refs/manifests or refs/names could not be read;                  kept as they are (their objects fail `strata fsck` if corrupt)",
+                r.records_unreadable
+            ));
+        }
     }
     Ok(())
 }

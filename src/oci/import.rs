@@ -259,11 +259,11 @@ pub fn pull(
             .and_then(|rec| Digest::from_hex(repo.algorithm(), &rec.image).ok())
             .filter(|id| repo.objects().contains(id))
         {
-            // Re-linking images/<id> costs nothing and repairs a half-written tag.
-            repo.commit_image_link(&id, name)?;
             if let Some(n) = name {
                 repo.name_record(n, &record)?;
             }
+            // Re-linking images/<id> costs nothing and repairs a half-written tag.
+            repo.commit_image_link(&id, name)?;
             return Ok(PullReport {
                 image_id: id.to_hex(),
                 manifest_digest: choice.manifest_digest,
@@ -407,8 +407,8 @@ pub fn pull(
     repo.set_ref("records", &image_id.to_hex(), &record_obj)?;
     repo.set_ref("manifests", hex_of(&img.manifest_digest), &record_obj)?;
     if let Some(n) = name {
-        repo.tag_image(&image_id, n)?;
         repo.name_record(n, &record_obj)?;
+        repo.tag_image(&image_id, n)?;
     }
     let (objects_written, bytes_written) = repo.objects().written();
     Ok(PullReport {

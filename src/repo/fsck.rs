@@ -1,5 +1,6 @@
-//! Consistency check: every object's bytes match its name, every image and
-//! ref resolves, every object an image references exists.
+//! Consistency check: every object's bytes match its name, every image and image name
+//! (`refs/images`) resolves, every object an image references exists, deployment records
+//! and content-index entries are sound.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

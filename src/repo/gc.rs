@@ -35,6 +35,9 @@ pub struct GcReport {
     pub index_entries_removed: u64,
     /// Stale claim files and partial downloads of dead pulls removed.
     pub claim_files_removed: u64,
+    /// Import records (under `refs/manifests` or `refs/names`) that could not be read or
+    /// parsed: kept, with their refs, and skipped.
+    pub records_unreadable: u64,
     /// Images kept only because they are mounted or booted.
     pub images_in_use: u64,
     /// Images kept only because a deployment record names them.
@@ -92,14 +95,29 @@ impl Repository {
                 if ns == "records" && !live_images.contains(&name) {
                     continue;
                 }
-                let bytes = self.read_object(&d)?;
-                let record: super::Record = serde_json::from_slice(&bytes).map_err(|e| {
-                    ioe(
-                        self.objects.object_path(&d),
-                        "corrupt record",
-                        std::io::Error::other(e),
-                    )
-                })?;
+                let parsed = self.read_object(&d).and_then(|bytes| {
+                    serde_json::from_slice::<super::Record>(&bytes).map_err(|e| {
+                        ioe(
+                            self.objects.object_path(&d),
+                            "corrupt record",
+                            std::io::Error::other(e),
+                        )
+                    })
+                });
+                let record = match parsed {
+                    Ok(r) => r,
+                    // A live image's own record must be whole: stop rather than guess.
+                    Err(e) if ns == "records" => return Err(e),
+                    // Another import's record that cannot be read: whose image it is, and
+                    // what it keeps, is unknown. Keep it and its ref (for fsck and the
+                    // user to look at) and go on.
+                    Err(_) => {
+                        report.records_unreadable += 1;
+                        live.insert(d.object_path().into_bytes());
+                        live_refs.insert((ns.to_string(), name));
+                        continue;
+                    }
+                };
                 if !live_images.contains(&record.image)
                     || (ns == "names" && names.get(&name) != Some(&record.image))
                 {

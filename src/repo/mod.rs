@@ -7,7 +7,7 @@
 //! REPO/refs/images/<name>        symlink → ../../images/<image id> (GC roots)
 //! REPO/deployments/<image id>.json  deployment records (GC roots; see deployments.rs)
 //! REPO/tmp/                      staging; cleaned when the repository is opened alone
-//! REPO/refs/records/<image id>  symlink → the image's latest record (below)
+//! REPO/refs/records/<image id>   symlink → the image's latest record (below)
 //! REPO/refs/manifests/<hex>      symlink → the record of the import of that OCI manifest
 //! REPO/refs/names/<name>         symlink → the record of the import that set that name
 //! REPO/refs/layers/<diff_id hex> symlink → a layer's splitstream; refs/blobs/<hex>: blobs
@@ -330,6 +330,10 @@ impl Repository {
         let (id, _) = self.objects.add_bytes(image)?;
         // Objects (file contents and the image) are durable before any link to them.
         self.objects.sync()?;
+        if let Some(n) = name {
+            // Named by no import now (create-image): forget the one that named it before.
+            self.forget_name_record(n)?;
+        }
         self.commit_image_link(&id, name)?;
         Ok(id)
     }
@@ -432,8 +436,9 @@ impl Repository {
 
     /// Points `refs/NS/NAME` at an object (atomically). Namespaces other than
     /// `images` hold caches and metadata: `layers` (diff_id → splitstream),
-    /// `blobs` (OCI digest → manifest/config bytes), `oci` (image id → import
-    /// record), `manifests` (manifest digest → import record).
+    /// `blobs` (OCI digest → manifest/config bytes), `records` (image id → its latest
+    /// record), `manifests` (manifest digest → import record), `names` (image name →
+    /// the record of the import that set it).
     pub fn set_ref(&self, ns: &str, name: &str, target: &Digest) -> Result<(), RepoError> {
         let dir = self.root.join("refs").join(ns);
         fs::create_dir_all(&dir).map_err(|e| ioe(&dir, "cannot create directory", e))?;
@@ -500,8 +505,11 @@ impl Repository {
         let p = self.root.join("refs/images").join(name);
         match fs::remove_file(&p) {
             Ok(()) => {
-                self.remove_ns_ref("names", name)?;
-                sync_dir(&self.root.join("refs/images"))
+                sync_dir(&self.root.join("refs/images"))?;
+                // Best effort: a names ref left behind is ignored once its name names
+                // another image, and gc removes it.
+                let _ = self.remove_ns_ref("names", name);
+                Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(RepoError::NoSuchImage(name.into()))
@@ -558,10 +566,20 @@ impl Repository {
             .or_else(|| self.record(image))
     }
 
-    /// Remembers that the name `name` was set by the import whose record is `record`.
+    /// Remembers that the name `name` is set by the import whose record is `record`.
+    /// Call it *before* tagging, so that a crash in between leaves a names ref whose
+    /// image the name does not name (ignored, and removed by gc), never a name whose
+    /// names ref is another import's.
     pub fn name_record(&self, name: &str, record: &Digest) -> Result<(), RepoError> {
         check_name(name)?;
-        self.set_ref("names", name, record)
+        self.set_ref("names", name, record)?;
+        sync_dir(&self.root.join("refs/names"))
+    }
+
+    /// Forgets which import set the name `name` (before it names something else).
+    pub fn forget_name_record(&self, name: &str) -> Result<(), RepoError> {
+        check_name(name)?;
+        self.remove_ns_ref("names", name)
     }
 
     fn read_record(&self, d: &Digest) -> Option<Record> {
