@@ -84,10 +84,10 @@ pub(crate) fn publish_layer(
 
 /// The bytes of an image's config (digest and size from its manifest), fetched at most
 /// once across pulls: claimed like a layer, stored as an object, made durable (one
-/// fsync) and published as `refs/blobs/<hex>` before the claim is released. A pull that finds the claim taken
-/// waits for it (it holds no claim meanwhile, so no cycle can form: configs are read
-/// before any layer is claimed), then takes the published bytes, checked against the
-/// digest; `None` when there is nothing usable (the caller reads the source).
+/// fsync) and published as `refs/blobs/<hex>` before the claim is released. A pull that
+/// finds the claim taken waits for it (it holds no claim meanwhile, so no cycle can form:
+/// configs are read before any layer is claimed), then takes the published bytes, checked
+/// against the digest; `None` when there is nothing usable (the caller reads the source).
 pub(crate) fn config_once(
     repo: &Repository,
     src: &dyn ImageSource,

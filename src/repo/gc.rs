@@ -87,6 +87,9 @@ impl Repository {
             .collect();
         let mut live_refs: HashSet<(String, String)> = HashSet::new();
         let mut seen_records = HashSet::new();
+        // Several refs often name one record: each is read and parsed once.
+        let mut parsed_records: std::collections::HashMap<Digest, Result<super::Record, String>> =
+            std::collections::HashMap::new();
         for ns in ["records", "manifests", "names"] {
             for (name, d) in self.list_refs(ns) {
                 let Some(d) = d.filter(|d| self.objects.contains(d)) else {
@@ -95,19 +98,20 @@ impl Repository {
                 if ns == "records" && !live_images.contains(&name) {
                     continue;
                 }
-                let parsed = self.read_object(&d).and_then(|bytes| {
-                    serde_json::from_slice::<super::Record>(&bytes).map_err(|e| {
-                        ioe(
-                            self.objects.object_path(&d),
-                            "corrupt record",
-                            std::io::Error::other(e),
-                        )
-                    })
+                let parsed = parsed_records.entry(d).or_insert_with(|| {
+                    let bytes = self.read_object(&d).map_err(|e| e.to_string())?;
+                    serde_json::from_slice::<super::Record>(&bytes).map_err(|e| e.to_string())
                 });
                 let record = match parsed {
-                    Ok(r) => r,
+                    Ok(r) => r.clone(),
                     // A live image's own record must be whole: stop rather than guess.
-                    Err(e) if ns == "records" => return Err(e),
+                    Err(why) if ns == "records" => {
+                        return Err(ioe(
+                            self.objects.object_path(&d),
+                            "corrupt record",
+                            std::io::Error::other(why.clone()),
+                        ))
+                    }
                     // Another import's record that cannot be read: whose image it is, and
                     // what it keeps, is unknown. Keep it and its ref (for fsck and the
                     // user to look at) and go on.

@@ -521,9 +521,9 @@ impl Repository {
 
 /// Metadata that travels with an image (e.g. how an OCI image was imported),
 /// stored as an object under `refs/records/<image id>` (and, for an OCI import, under
-/// `refs/manifests/<manifest hex>` and `refs/names/<name>`). `keeps` lists the objects (`XX/YYYY…`) it needs
-/// beyond the image's own (manifests, configs, splitstreams and their payloads); `refs`
-/// the refs in other namespaces that belong to it. gc keeps both while the image is
+/// `refs/manifests/<manifest hex>` and `refs/names/<name>`). `keeps` lists the objects
+/// (`XX/YYYY…`) it needs beyond the image's own (manifests, configs, splitstreams and
+/// their payloads); `refs` the refs in other namespaces that belong to it. gc keeps both while the image is
 /// named, and removes them with it. One image may have several records: two manifests
 /// with different layers can build one tree (a squashed copy), and each keeps its
 /// layers through its `refs/manifests` ref. Other fields are the importer's own.
@@ -648,21 +648,6 @@ pub fn symlink_atomic(target: &str, link: &Path, tmp: &Path) -> Result<(), RepoE
 /// are removed by the next lone `open`.
 const META_STAGING: &str = ".meta.json.";
 
-/// A name part no other process or thread picks at the same moment: pid, thread, time and
-/// a counter, hashed with the standard library's per-process random keys.
-fn unique_suffix() -> String {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    std::process::id().hash(&mut h);
-    std::thread::current().id().hash(&mut h);
-    std::time::SystemTime::now().hash(&mut h);
-    COUNTER
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .hash(&mut h);
-    format!("{}.{:016x}", std::process::id(), h.finish())
-}
-
 /// Writes `meta.json` of a new repository unless one appeared meanwhile
 /// ([`RepoError::Exists`]): several processes may create one repository at once (two
 /// `strata pull` on a fresh `--repo`). The staging file is in the root, not in `tmp/`,
@@ -671,11 +656,13 @@ fn unique_suffix() -> String {
 fn install_meta(root: &Path, json: &[u8]) -> Result<(), RepoError> {
     use std::io::Write;
     let meta = root.join("meta.json");
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
     for _ in 0..16 {
-        // Unique among processes that may share the pid (containers sharing a volume), and
-        // created exclusively: a clash makes a new name, never truncates another's file.
-        let staged = root.join(format!("{META_STAGING}{}", unique_suffix()));
+        // Created exclusively: processes sharing a pid (containers on one volume) clash
+        // into a new name, never truncate each other's file.
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = root.join(format!("{META_STAGING}{}.{n}", std::process::id()));
         let mut f = match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
